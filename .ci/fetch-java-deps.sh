@@ -1,0 +1,2 @@
+#!/usr/bin/env bash
+echo "java deps: (pending)"

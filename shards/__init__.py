@@ -1,0 +1,17 @@
+"""The shard format: the contract between curation, training, evaluation and the stats report.
+
+A corpus directory holds ``shards/NNNNN.tar`` (WebDataset: ``KEY.jpg``, ``KEY.txt``, ``KEY.json``),
+``shards/NNNNN.parquet`` and ``shards/NNNNN_stats.json`` (img2dataset's layout, extended),
+``shards/sizes.json`` (open_clip) and ``manifest.json``. See README "Corpus format".
+"""
+
+from .manifest import read_manifest, write_manifest
+from .reader import ReadCounters, ShardRef, iter_samples, iter_shard, resolve, resolve_shards
+from .schema import SCHEMA_VERSION, Sample, make_key
+from .writer import ShardInfo, ShardWriter, is_complete, read_shard_info, shard_name, write_shard
+
+__all__ = [
+    "SCHEMA_VERSION", "ReadCounters", "Sample", "ShardInfo", "ShardRef", "ShardWriter",
+    "is_complete", "iter_samples", "iter_shard", "make_key", "read_manifest", "read_shard_info",
+    "resolve", "resolve_shards", "shard_name", "write_manifest", "write_shard",
+]

@@ -1,0 +1,213 @@
+"""Reading shard sets: ours, img2dataset's, or any WebDataset of image/txt/json members.
+
+A shard set can be named by a corpus directory, a ``manifest.json``, a directory of tars, a brace
+pattern (``shards/{00000..00009}.tar``), a glob, or a list of any of these. Tars are streamed
+member by member and never unpickled. A corrupt member or a truncated tar is skipped and counted
+in :class:`ReadCounters` under a named reason; reading goes on with the next sample or shard.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import posixpath
+import tarfile
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+from braceexpand import braceexpand
+
+from . import fsutil
+from .manifest import MANIFEST_NAME, SHARDS_SUBDIR, read_manifest
+from .schema import IMAGE_EXTENSIONS, Sample
+
+MAX_ERROR_EXAMPLES = 20
+
+
+@dataclass
+class ReadCounters:
+    shards: int = 0
+    samples: int = 0
+    skipped: collections.Counter = field(default_factory=collections.Counter)
+    examples: list[str] = field(default_factory=list)   # first few "shard: reason: detail" lines
+
+    def skip(self, reason: str, where: str, detail: str = "", n: int = 1) -> None:
+        self.skipped[reason] += n
+        if len(self.examples) < MAX_ERROR_EXAMPLES:
+            self.examples.append(f"{where}: {reason}" + (f": {detail}" if detail else ""))
+
+    def merge(self, other: "ReadCounters") -> None:
+        self.shards += other.shards
+        self.samples += other.samples
+        self.skipped.update(other.skipped)
+        self.examples.extend(other.examples[: max(0, MAX_ERROR_EXAMPLES - len(self.examples))])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shards": self.shards, "samples": self.samples, "skipped": dict(self.skipped),
+                "examples": list(self.examples)}
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    path: str
+    expected: dict[str, Any] | None = None   # the manifest's entry, when there is one
+
+
+def _refs_from_manifest(path: str) -> list[ShardRef]:
+    manifest = read_manifest(path)
+    root = posixpath.dirname(path.replace("\\", "/")) if path.endswith(".json") else path
+    return [ShardRef(fsutil.join(root, s["name"]), s) for s in manifest["shards"]]
+
+
+def _refs_from_dir(path: str, counters: ReadCounters | None) -> list[ShardRef]:
+    if fsutil.exists(fsutil.join(path, MANIFEST_NAME)):
+        return _refs_from_manifest(path)
+    sub = fsutil.join(path, SHARDS_SUBDIR)
+    if fsutil.exists(sub):
+        path = sub
+    entries = fsutil.listdir(path)
+    names = {posixpath.basename(e.replace("\\", "/")) for e in entries}
+    tars = [e for e in entries if e.endswith(".tar") and not posixpath.basename(e).startswith(".")]
+    has_markers = any(n.endswith("_stats.json") for n in names)
+    refs = []
+    for t in tars:
+        stem = posixpath.basename(t)[: -len(".tar")]
+        # Where the writer leaves completion markers, a tar without one was cut short.
+        if has_markers and f"{stem}_stats.json" not in names:
+            if counters is not None:
+                counters.skip("incomplete_shard", t, "no _stats.json beside it")
+            continue
+        refs.append(ShardRef(t))
+    return refs
+
+
+def resolve(spec: str | Iterable[str], counters: ReadCounters | None = None) -> list[ShardRef]:
+    if not isinstance(spec, str):
+        return [r for s in spec for r in resolve(s, counters)]
+    if "{" in spec:
+        return [r for s in braceexpand(spec) for r in resolve(s, counters)]
+    if any(c in spec for c in "*?["):
+        fs, inner = fsutil.get_fs(spec)
+        proto = spec.split("://")[0] + "://" if "://" in spec else ""
+        return [ShardRef(proto + p) for p in sorted(fs.glob(inner)) if p.endswith(".tar")]
+    if spec.endswith(".json"):
+        return _refs_from_manifest(spec)
+    if spec.endswith(".tar"):
+        return [ShardRef(spec)]
+    if not fsutil.exists(spec):
+        raise FileNotFoundError(f"no shards at {spec!r}")
+    return _refs_from_dir(spec, counters)
+
+
+def resolve_shards(spec: str | Iterable[str], counters: ReadCounters | None = None) -> list[str]:
+    """Tar paths named by ``spec`` (directory, manifest, brace pattern, glob or list)."""
+    return [r.path for r in resolve(spec, counters)]
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """WebDataset's rule: the key is everything up to the first dot of the file name."""
+    dirname, base = posixpath.split(name)
+    if "." not in base:
+        return name, ""
+    stem, ext = base.split(".", 1)
+    return (posixpath.join(dirname, stem) if dirname else stem), ext.lower()
+
+
+def _build_sample(key: str, members: dict[str, bytes], where: str,
+                  counters: ReadCounters) -> Sample | None:
+    image_ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
+    if image_ext is None:
+        counters.skip("missing_image", where, key)
+        return None
+    meta = None
+    if "json" in members:
+        try:
+            meta = json.loads(members["json"].decode("utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+        except (UnicodeDecodeError, ValueError) as e:
+            counters.skip("bad_json", where, f"{key}: {e}")
+            return None
+    text = None
+    if "txt" in members:
+        try:
+            text = members["txt"].decode("utf-8")
+        except UnicodeDecodeError as e:
+            counters.skip("bad_text", where, f"{key}: {e}")
+            return None
+    try:
+        return Sample.from_members(posixpath.basename(key), members[image_ext],
+                                   "jpg" if image_ext == "jpeg" else image_ext, meta, text)
+    except (ValueError, TypeError) as e:
+        counters.skip("bad_metadata", where, f"{key}: {e}")
+        return None
+
+
+def iter_shard(ref: ShardRef | str, counters: ReadCounters | None = None,
+               verify: bool = True) -> Iterator[Sample]:
+    ref = ShardRef(ref) if isinstance(ref, str) else ref
+    counters = counters if counters is not None else ReadCounters()
+    where = ref.path
+    if verify and ref.expected is not None:
+        try:
+            actual = fsutil.size(ref.path)
+        except FileNotFoundError:
+            counters.skip("missing_shard", where)
+            return
+        if actual != ref.expected["bytes"]:
+            counters.skip("shard_size_mismatch", where,
+                          f"{actual} bytes, manifest says {ref.expected['bytes']}")
+            return
+    counters.shards += 1
+    sha = hashlib.sha256()
+
+    class _Hashing:
+        def __init__(self, raw):
+            self.raw = raw
+
+        def read(self, n=-1):
+            data = self.raw.read(n)
+            sha.update(data)
+            return data
+
+    current_key: str | None = None
+    members: dict[str, bytes] = {}
+    try:
+        with fsutil.open_read(ref.path) as raw:
+            hashing = _Hashing(raw)
+            with tarfile.open(fileobj=hashing, mode="r|*") as tar:
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    key, ext = _split_name(info.name)
+                    if key != current_key:
+                        if current_key is not None:
+                            sample = _build_sample(current_key, members, where, counters)
+                            if sample is not None:
+                                counters.samples += 1
+                                yield sample
+                        current_key, members = key, {}
+                    f = tar.extractfile(info)
+                    members[ext] = f.read() if f is not None else b""
+            # Drain the padding so the digest covers the whole file.
+            while hashing.read(1 << 20):
+                pass
+    except (tarfile.TarError, EOFError, OSError) as e:
+        counters.skip("truncated_tar", where, str(e))
+        return
+    if current_key is not None:
+        sample = _build_sample(current_key, members, where, counters)
+        if sample is not None:
+            counters.samples += 1
+            yield sample
+    if verify and ref.expected is not None and sha.hexdigest() != ref.expected["sha256"]:
+        counters.skip("shard_sha256_mismatch", where, "content differs from the manifest")
+
+
+def iter_samples(spec: str | Iterable[str], *, verify: bool = True,
+                 counters: ReadCounters | None = None) -> Iterator[Sample]:
+    """Every readable sample of the shard set named by ``spec``, in shard order."""
+    counters = counters if counters is not None else ReadCounters()
+    for ref in resolve(spec, counters):
+        yield from iter_shard(ref, counters, verify)

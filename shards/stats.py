@@ -1,0 +1,798 @@
+"""Streaming statistics of a shard set: the numbers behind `curate stats`.
+
+Map/reduce over shards: one task per tar (`shard_partial`) runs in a process pool, each returns a
+small mergeable summary, and `StatsAccumulator` folds them in whatever order they finish. Every
+count is exact:
+- integer-valued distributions (width, height, caption length) are kept as value -> count;
+- word, bigram and image-hash counts go through `SpillCounter`, which moves its table to
+  hash-partitioned files on disk when it grows past a threshold, so a 1M-sample corpus needs
+  memory for one partition, not for every distinct bigram;
+- only aspect ratio and byte size use fixed histogram bins (the values are continuous).
+Random picks (contact sheet) are bottom-k by a keyed hash of the sample key: the same samples
+whatever the number of workers or the order shards finish in.
+
+The output (`CorpusStats.stats`) is the JSON document `stats.json`; thumbnails for the page live
+beside it in `CorpusStats.thumbnails` (key -> JPEG bytes).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import heapq
+import io
+import json
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from . import fsutil
+from .reader import ReadCounters, ShardRef, iter_shard, resolve
+
+STATS_FORMAT = "vlfusion-stats/1"
+ASPECT_EDGES = np.linspace(-2.0, 2.0, 41)          # log2(width/height): 1/4 .. 4
+BYTES_EDGES = np.linspace(2.0, 8.0, 49)            # log10(bytes): 100 B .. 100 MB
+WORD_RE = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
+# Frequent function words hide the content of a corpus; the page shows both lists.
+STOPWORDS = frozenset(
+    "a an the of on in at to and or with is are was were be been being it its this that these those "
+    "there here for from by as into onto over under near next some two three his her their our your "
+    "my he she they we you i has have had while who which what up down out off very".split())
+
+
+@dataclass(kw_only=True)
+class StatsConfig:
+    tokenizer: str | None = None       # SentencePiece model for caption lengths in tokens
+    max_tokens: int = 77               # context length the training side truncates to
+    contact_sheet_size: int = 24
+    num_cluster_examples: int = 6
+    top_k: int = 50
+    seed: int = 0
+    workers: int | None = None         # None: every core
+    thumb_size: int = 160
+    spill_threshold: int = 1_000_000   # distinct keys a counter holds in memory before spilling
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "contact_sheet_size", "top_k", "thumb_size", "spill_threshold"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"stats.{name}={getattr(self, name)} must be >= 1")
+        if self.num_cluster_examples < 0:
+            raise ValueError(f"stats.num_cluster_examples={self.num_cluster_examples} must be >= 0")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"stats.workers={self.workers} must be >= 1 or None (every core)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Small mergeable pieces
+
+def hash_priority(seed: int, key: str) -> int:
+    """64-bit keyed hash: uniform, and the same on every machine and run."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "big")
+
+
+class BottomK:
+    """The k items of smallest (priority, tiebreak) seen; merging two gives the bottom-k of the union."""
+
+    def __init__(self, k: int):
+        self.k = k
+        # Max-heap through a min-heap: (-priority, reversed tiebreak, item) keeps the largest at [0].
+        self._heap: list[tuple[int, _RevKey, _Opaque]] = []
+
+    def wants(self, priority: int, tiebreak: str = "") -> bool:
+        return len(self._heap) < self.k or (-priority, _RevKey(tiebreak)) > self._heap[0][:2]
+
+    def push(self, priority: int, tiebreak: str, item: Any) -> None:
+        if not self.wants(priority, tiebreak):
+            return
+        entry = (-priority, _RevKey(tiebreak), _Opaque(item))
+        if len(self._heap) < self.k:
+            heapq.heappush(self._heap, entry)
+        else:
+            heapq.heapreplace(self._heap, entry)
+
+    def items(self) -> list[tuple[int, str, Any]]:
+        """(priority, tiebreak, item), smallest first."""
+        return sorted(((-p, t.k, it.v) for p, t, it in self._heap), key=lambda e: (e[0], e[1]))
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
+class _Opaque:
+    """Payload that never takes part in heap ordering (equal keys must not compare dicts)."""
+    __slots__ = ("v",)
+
+    def __init__(self, v: Any):
+        self.v = v
+
+    def __lt__(self, other: "_Opaque") -> bool:
+        return False
+
+
+class SpillCounter:
+    """Exact counts of string keys in bounded memory.
+
+    Counts accumulate in a Counter; past `threshold` distinct keys the table is appended to
+    `num_parts` files chosen by crc32(key) and cleared. Reading back goes one partition at a time,
+    and a key always lands in the same partition, so each partition's sum is that key's exact count.
+    Keys must not contain tab or newline (words, "w1 w2" bigrams and hex digests do not).
+    """
+
+    def __init__(self, spill_dir: str, name: str, *, threshold: int, num_parts: int = 32):
+        self.dir = os.path.join(spill_dir, name)
+        self.threshold = threshold
+        self.num_parts = num_parts
+        self.mem: collections.Counter = collections.Counter()
+        self.spilled = False
+        self.total = 0
+
+    def update(self, counts: dict[str, int]) -> None:
+        self.mem.update(counts)
+        self.total += sum(counts.values())
+        if len(self.mem) > self.threshold:
+            self._spill()
+
+    def _spill(self) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        parts: list[list[str]] = [[] for _ in range(self.num_parts)]
+        for k, v in self.mem.items():
+            parts[zlib.crc32(k.encode()) % self.num_parts].append(f"{k}\t{v}\n")
+        for i, lines in enumerate(parts):
+            if lines:
+                with open(os.path.join(self.dir, f"{i:03d}.tsv"), "a", encoding="utf-8") as f:
+                    f.writelines(lines)
+        self.mem.clear()
+        self.spilled = True
+
+    def items(self) -> Iterator[tuple[str, int]]:
+        if not self.spilled:
+            yield from self.mem.items()
+            return
+        self._spill()
+        for i in range(self.num_parts):
+            path = os.path.join(self.dir, f"{i:03d}.tsv")
+            if not os.path.exists(path):
+                continue
+            part: collections.Counter = collections.Counter()
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    k, v = line.rstrip("\n").rsplit("\t", 1)
+                    part[k] += int(v)
+            yield from part.items()
+
+    def summary(self, top_k: int, *, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """One pass: top-k (ties by key), top-k without `exclude`, distinct keys, keys seen twice+."""
+        top: list[tuple[int, str]] = []
+        top_ex: list[tuple[int, str]] = []
+        distinct = repeated = extra = 0
+        for k, v in self.items():
+            distinct += 1
+            if v > 1:
+                repeated += 1
+                extra += v - 1
+            _push_top(top, top_k, v, k)
+            if exclude and not any(w in exclude for w in k.split(" ")):
+                _push_top(top_ex, top_k, v, k)
+        def order(heap: list) -> list[list]:
+            return [[rk.k, v] for v, rk in sorted(heap, key=lambda e: (-e[0], e[1].k))]
+        return {"top": order(top), "top_excluding": order(top_ex), "distinct": distinct,
+                "total": self.total, "repeated_keys": repeated, "extra_copies": extra}
+
+
+class _RevKey:
+    """Inverts string order so a min-heap on (count, key) evicts the larger key among ties."""
+    __slots__ = ("k",)
+
+    def __init__(self, k: str):
+        self.k = k
+
+    def __lt__(self, other: "_RevKey") -> bool:
+        return self.k > other.k
+
+    def __gt__(self, other: "_RevKey") -> bool:
+        return self.k < other.k
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _RevKey) and self.k == other.k
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _push_top(heap: list, k: int, count: int, key: str) -> None:
+    entry = (count, _RevKey(key))
+    if len(heap) < k:
+        heapq.heappush(heap, entry)
+    elif entry > heap[0]:
+        heapq.heapreplace(heap, entry)
+
+
+def int_summary(counts: dict[int, int]) -> dict[str, Any]:
+    """Exact min/percentiles/max/mean of an integer distribution given as value -> count."""
+    items = sorted((int(k), int(v)) for k, v in counts.items() if v)
+    n = sum(v for _, v in items)
+    if n == 0:
+        return {"count": 0}
+    out: dict[str, Any] = {"count": n, "min": items[0][0], "max": items[-1][0],
+                           "mean": round(sum(k * v for k, v in items) / n, 3)}
+    targets = {"p05": 0.05, "median": 0.5, "p95": 0.95, "p99": 0.99}
+    for name, q in targets.items():
+        rank = max(1, math.ceil(q * n))   # nearest-rank percentile
+        seen = 0
+        for k, v in items:
+            seen += v
+            if seen >= rank:
+                out[name] = k
+                break
+    return out
+
+
+def _hist(values_log: float, edges: np.ndarray, counts: list[int]) -> str | None:
+    """Add one value to fixed-bin counts; returns 'below'/'above' when outside the edges."""
+    if values_log < edges[0]:
+        return "below"
+    if values_log > edges[-1]:
+        return "above"
+    i = min(int(np.searchsorted(edges, values_log, side="right")) - 1, len(edges) - 2)
+    counts[i] += 1
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-shard map step
+
+_TOKENIZER_CACHE: dict[str, Any] = {}
+
+
+def _tokenizer(path: str):
+    tok = _TOKENIZER_CACHE.get(path)
+    if tok is None:
+        from training.tokenizer import Tokenizer   # no torch: safe in every worker
+        tok = _TOKENIZER_CACHE[path] = Tokenizer.load(path)
+    return tok
+
+
+def cluster_size(sample) -> int:
+    """Source records merged into this sample by dedup (1 when it was never merged)."""
+    extra = sample.extra
+    for name in ("dup_cluster_size", "cluster_size"):
+        if isinstance(extra.get(name), int) and extra[name] >= 1:
+            return extra[name]
+    merged = extra.get("merged_from")
+    if isinstance(merged, list):
+        return 1 + len(merged)
+    return max(1, len(sample.sources))
+
+
+def thumbnail(image: bytes, size: int) -> bytes | None:
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(image)) as im:
+            im.draft("RGB", (size, size))   # JPEG: decode at reduced scale, much faster
+            im = im.convert("RGB")
+            im.thumbnail((size, size))
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=82)
+            return buf.getvalue()
+    except Exception:   # noqa: BLE001 - any decoder failure is counted by the caller, not raised
+        return None
+
+
+def _image_header(image: bytes) -> tuple[str, int, int] | None:
+    """Format and size from the header only (no pixel decode)."""
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(image)) as im:
+            return (im.format or "unknown").lower(), im.width, im.height
+    except Exception:   # noqa: BLE001
+        return None
+
+
+def _source_names(sample) -> list[str]:
+    names = []
+    for s in sample.sources:
+        if isinstance(s, dict) and s.get("dataset"):
+            names.append(str(s["dataset"]))
+    return sorted(set(names))
+
+
+def _brief(sample, size: int) -> dict[str, Any]:
+    return {"key": sample.key, "captions": sample.captions[:3], "num_captions": len(sample.captions),
+            "qa": [{"question": q.get("question"), "answers": list(q.get("answers") or [])[:3]}
+                   for q in sample.qa[:2] if isinstance(q, dict)],
+            "width": sample.width, "height": sample.height,
+            "sources": [f"{s.get('dataset')}:{s.get('id')}" for s in sample.sources if isinstance(s, dict)],
+            "cluster_size": size}
+
+
+def shard_partial(ref: ShardRef, cfg: StatsConfig) -> dict[str, Any]:
+    """Everything the report needs from one shard, in mergeable form."""
+    counters = ReadCounters()
+    tok = _tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+    p: dict[str, Any] = {
+        "shard": ref.path, "samples": 0, "pairs": 0, "qa": 0, "image_bytes": 0,
+        "with_captions": 0, "with_qa": 0, "with_sources": 0, "multi_source": 0, "with_phash": 0,
+        "per_source": {}, "width": collections.Counter(), "height": collections.Counter(),
+        "aspect": [0] * (len(ASPECT_EDGES) - 1), "aspect_out": collections.Counter(),
+        "bytes_hist": [0] * (len(BYTES_EDGES) - 1), "bytes_out": collections.Counter(),
+        "bytes_min": None, "bytes_max": None, "formats": collections.Counter(),
+        "size_from_header": 0, "size_mismatch": 0, "image_header_errors": 0, "thumb_errors": 0,
+        "words_len": collections.Counter(), "tokens_len": collections.Counter(), "truncated": 0,
+        "words": collections.Counter(), "bigrams": collections.Counter(),
+        "sha256": collections.Counter(), "phash": collections.Counter(),
+        "cluster_sizes": collections.Counter(), "eval_flags": collections.Counter(),
+    }
+    sheet = BottomK(cfg.contact_sheet_size)
+    clusters: list[tuple[int, str, dict]] = []   # largest clusters: (size, key, brief)
+    try:
+        tar_bytes = fsutil.size(ref.path)
+    except (FileNotFoundError, OSError):
+        tar_bytes = 0
+    for s in iter_shard(ref, counters, cfg.verify):
+        p["samples"] += 1
+        n_bytes = len(s.image)
+        p["image_bytes"] += n_bytes
+        p["bytes_min"] = n_bytes if p["bytes_min"] is None else min(p["bytes_min"], n_bytes)
+        p["bytes_max"] = n_bytes if p["bytes_max"] is None else max(p["bytes_max"], n_bytes)
+        side = _hist(math.log10(max(n_bytes, 1)), BYTES_EDGES, p["bytes_hist"])
+        if side:
+            p["bytes_out"][side] += 1
+        p["pairs"] += len(s.captions)
+        p["qa"] += len(s.qa)
+        p["with_captions"] += bool(s.captions)
+        p["with_qa"] += bool(s.qa)
+
+        header = _image_header(s.image)
+        w, h = s.width, s.height
+        if header is None:
+            p["image_header_errors"] += 1
+        else:
+            p["formats"][header[0]] += 1
+            if not (w and h):
+                w, h = header[1], header[2]
+                p["size_from_header"] += 1
+            elif (w, h) != header[1:]:
+                p["size_mismatch"] += 1
+        if w and h:
+            p["width"][w] += 1
+            p["height"][h] += 1
+            side = _hist(math.log2(w / h), ASPECT_EDGES, p["aspect"])
+            if side:
+                p["aspect_out"][side] += 1
+
+        names = _source_names(s)
+        if names:
+            p["with_sources"] += 1
+            p["multi_source"] += len(names) > 1
+        for name in names:
+            src = p["per_source"].setdefault(name, {"images": 0, "pairs": 0, "qa_pairs": 0})
+            src["images"] += 1
+            src["pairs"] += len(s.captions)
+            src["qa_pairs"] += len(s.qa)
+
+        for c in s.captions:
+            p["words_len"][len(c.split())] += 1
+            words = WORD_RE.findall(c.lower())
+            p["words"].update(words)
+            p["bigrams"].update(f"{a} {b}" for a, b in zip(words, words[1:]))
+            if tok is not None:
+                n_tok = len(tok.encode(c, max_len=None))
+                p["tokens_len"][n_tok] += 1
+                p["truncated"] += n_tok > cfg.max_tokens
+
+        if s.sha256:
+            p["sha256"][s.sha256] += 1
+        if s.phash:
+            p["with_phash"] += 1
+            p["phash"][str(s.phash)] += 1
+        size = cluster_size(s)
+        p["cluster_sizes"][size] += 1
+        eval_set = s.extra.get("eval_set")
+        if eval_set:
+            p["eval_flags"][str(eval_set)] += 1
+
+        prio = hash_priority(cfg.seed, s.key)
+        if sheet.wants(prio, s.key):
+            thumb = thumbnail(s.image, cfg.thumb_size)
+            if thumb is None:
+                p["thumb_errors"] += 1
+            else:
+                sheet.push(prio, s.key, (_brief(s, size), thumb))
+        if size > 1 and cfg.num_cluster_examples:
+            entry = (size, _neg_key(s.key), s.key)
+            if len(clusters) < cfg.num_cluster_examples or entry > clusters[0][:3]:
+                thumb = thumbnail(s.image, cfg.thumb_size)
+                if thumb is not None:
+                    item = (*entry, (_brief(s, size), thumb))
+                    if len(clusters) < cfg.num_cluster_examples:
+                        heapq.heappush(clusters, item)
+                    else:
+                        heapq.heapreplace(clusters, item)
+    p["tar_bytes"] = tar_bytes
+    p["counters"] = counters.to_json()
+    p["sheet"] = sheet.items()
+    p["clusters"] = [(size, key, brief) for size, _, key, brief in clusters]
+    return p
+
+
+def _neg_key(key: str) -> tuple[int, ...]:
+    # Ties between equal cluster sizes go to the smaller key: invert each character code.
+    return tuple(-ord(ch) for ch in key)
+
+
+def _run_partial(args: tuple[ShardRef, StatsConfig]) -> dict[str, Any]:
+    return shard_partial(*args)
+
+
+def map_shards(fn: Callable, tasks: list, workers: int | None) -> Iterator[Any]:
+    """Results of fn over tasks, from a process pool (spawn: safe under threaded parents such as
+    a Beam pipeline) or in-process when one worker or one task makes a pool pointless."""
+    workers = workers or os.cpu_count() or 1
+    workers = min(workers, len(tasks))
+    if workers <= 1:
+        yield from map(fn, tasks)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        yield from pool.imap_unordered(fn, tasks, chunksize=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reduce
+
+class StatsAccumulator:
+    def __init__(self, cfg: StatsConfig, spill_dir: str):
+        self.cfg = cfg
+        self.n = collections.Counter()
+        self.per_source: dict[str, collections.Counter] = {}
+        self.dists = {k: collections.Counter() for k in
+                      ("width", "height", "words_len", "tokens_len", "formats", "cluster_sizes",
+                       "eval_flags", "aspect_out", "bytes_out")}
+        self.aspect = np.zeros(len(ASPECT_EDGES) - 1, dtype=np.int64)
+        self.bytes_hist = np.zeros(len(BYTES_EDGES) - 1, dtype=np.int64)
+        self.bytes_min: int | None = None
+        self.bytes_max: int | None = None
+        self.counters = ReadCounters()
+        self.text = {name: SpillCounter(spill_dir, name, threshold=cfg.spill_threshold)
+                     for name in ("words", "bigrams", "sha256", "phash")}
+        self.shards: list[dict[str, Any]] = []
+        self.sheet = BottomK(cfg.contact_sheet_size)
+        self.clusters: list[tuple[int, str, Any]] = []
+
+    def add(self, p: dict[str, Any]) -> None:
+        for k in ("samples", "pairs", "qa", "image_bytes", "tar_bytes", "with_captions", "with_qa",
+                  "with_sources", "multi_source", "with_phash", "size_from_header", "size_mismatch",
+                  "image_header_errors", "thumb_errors", "truncated"):
+            self.n[k] += p[k]
+        for name, c in p["per_source"].items():
+            self.per_source.setdefault(name, collections.Counter()).update(c)
+        for k, c in self.dists.items():
+            c.update(p[k])
+        self.aspect += np.asarray(p["aspect"], dtype=np.int64)
+        self.bytes_hist += np.asarray(p["bytes_hist"], dtype=np.int64)
+        for k, fn in (("bytes_min", min), ("bytes_max", max)):
+            if p[k] is not None:
+                cur = getattr(self, k)
+                setattr(self, k, p[k] if cur is None else fn(cur, p[k]))
+        rc = p["counters"]
+        self.counters.shards += rc["shards"]
+        self.counters.skipped.update(rc["skipped"])
+        self.counters.examples.extend(rc["examples"][: max(0, 20 - len(self.counters.examples))])
+        for name, sc in self.text.items():
+            sc.update(p[name])
+        self.shards.append({"name": p["shard"], "samples": p["samples"], "pairs": p["pairs"],
+                            "qa_pairs": p["qa"], "tar_bytes": p["tar_bytes"],
+                            "image_bytes": p["image_bytes"]})
+        for prio, key, item in p["sheet"]:
+            self.sheet.push(prio, key, item)
+        self.clusters.extend(p["clusters"])
+        self.clusters.sort(key=lambda c: (-c[0], c[1]))
+        del self.clusters[self.cfg.num_cluster_examples:]
+
+    def finish(self, *, spec_desc: Any, num_shards: int, funnel: dict | None,
+               funnel_path: str | None) -> "CorpusStats":
+        cfg, n = self.cfg, self.n
+        thumbs: dict[str, bytes] = {}
+        self.shards.sort(key=lambda s: s["name"])
+        samples = n["samples"]
+
+        has_sources = n["with_sources"] > 0
+        sources = {
+            "available": has_sources,
+            "note": None if has_sources else
+            "samples carry no 'sources' field (e.g. img2dataset output): per-source counts need it",
+            "per_source": {k: dict(sorted(v.items())) for k, v in sorted(self.per_source.items())},
+            "images_with_sources": n["with_sources"],
+            "multi_source_images": n["multi_source"],
+        }
+
+        words = self.text["words"].summary(cfg.top_k, exclude=STOPWORDS)
+        bigrams = self.text["bigrams"].summary(cfg.top_k, exclude=STOPWORDS)
+        sha = self.text["sha256"].summary(1)
+        phash = self.text["phash"].summary(1)
+
+        sizes = self.dists["cluster_sizes"]
+        merged = {int(k): v for k, v in sizes.items() if int(k) > 1}
+        clusters_known = has_sources or merged
+        examples = []
+        for size, key, (brief, thumb) in self.clusters:
+            thumbs[key] = thumb
+            examples.append(brief)
+        duplicates = {
+            "available": bool(clusters_known),
+            "note": None if clusters_known else
+            "samples carry no dedup provenance ('sources' or 'dup_cluster_size'): cluster sizes unknown",
+            "cluster_sizes": {str(k): v for k, v in sorted(sizes.items())},
+            "merged_images": sum(merged.values()),
+            "records_merged_away": sum((k - 1) * v for k, v in merged.items()),
+            "largest_cluster": max(sizes) if sizes else 0,
+            "examples": examples,
+            "remaining_exact": {"images_with_shared_sha256": sha["repeated_keys"],
+                                "extra_copies": sha["extra_copies"]},
+            "remaining_phash": {"available": n["with_phash"] > 0,
+                                "images_with_phash": n["with_phash"],
+                                "phash_values_shared": phash["repeated_keys"],
+                                "extra_copies": phash["extra_copies"]},
+        }
+
+        tokens = {"available": cfg.tokenizer is not None}
+        if cfg.tokenizer is not None:
+            n_caps = sum(self.dists["tokens_len"].values())
+            tokens.update({
+                "tokenizer": cfg.tokenizer, "max_tokens": cfg.max_tokens,
+                "counts": _int_keys(self.dists["tokens_len"]),
+                "summary": int_summary(self.dists["tokens_len"]),
+                "truncated": n["truncated"],
+                "truncated_share": round(n["truncated"] / n_caps, 6) if n_caps else 0.0})
+        else:
+            tokens["note"] = "no tokenizer given (--tokenizer MODEL): lengths in tokens not computed"
+
+        sheet = []
+        for _, _, (brief, thumb) in self.sheet.items():
+            thumbs[brief["key"]] = thumb
+            sheet.append(brief)
+
+        decontam = decontamination_from_funnel(funnel)
+        flags = dict(sorted(self.dists["eval_flags"].items()))
+        decontam["flagged_in_samples"] = flags
+        if flags and not decontam["available"]:
+            decontam["available"] = True
+            decontam["note"] = None
+
+        shard_samples = [s["samples"] for s in self.shards]
+        stats = {
+            "format": STATS_FORMAT,
+            "input": {"spec": spec_desc, "num_shards": num_shards, "tokenizer": cfg.tokenizer,
+                      "funnel": funnel_path, "seed": cfg.seed},
+            "totals": {"images": samples, "pairs": n["pairs"], "qa_pairs": n["qa"],
+                       "images_with_captions": n["with_captions"], "images_with_qa": n["with_qa"],
+                       "image_bytes": n["image_bytes"], "tar_bytes": n["tar_bytes"],
+                       "shards": len(self.shards)},
+            "sources": sources,
+            "funnel": normalise_funnel(funnel, funnel_path),
+            "images": {
+                "width": {**int_summary(self.dists["width"]), "counts": _int_keys(self.dists["width"])},
+                "height": {**int_summary(self.dists["height"]), "counts": _int_keys(self.dists["height"])},
+                "aspect_ratio": {"log2_edges": [round(float(e), 4) for e in ASPECT_EDGES],
+                                 "counts": self.aspect.tolist(),
+                                 "below": self.dists["aspect_out"]["below"],
+                                 "above": self.dists["aspect_out"]["above"]},
+                "bytes": {"log10_edges": [round(float(e), 4) for e in BYTES_EDGES],
+                          "counts": self.bytes_hist.tolist(),
+                          "below": self.dists["bytes_out"]["below"], "above": self.dists["bytes_out"]["above"],
+                          "min": self.bytes_min or 0, "max": self.bytes_max or 0,
+                          "mean": round(n["image_bytes"] / samples, 1) if samples else 0.0,
+                          "total": n["image_bytes"]},
+                "formats": dict(sorted(self.dists["formats"].items())),
+                "size_from_image_header": n["size_from_header"],
+                "size_metadata_mismatch": n["size_mismatch"],
+            },
+            "captions": {
+                "words": {"counts": _int_keys(self.dists["words_len"]),
+                          "summary": int_summary(self.dists["words_len"])},
+                "tokens": tokens,
+            },
+            "vocabulary": {
+                "top_words": words["top"], "top_content_words": words["top_excluding"],
+                "top_bigrams": bigrams["top"], "top_content_bigrams": bigrams["top_excluding"],
+                "distinct_words": words["distinct"], "total_words": words["total"],
+                "distinct_bigrams": bigrams["distinct"], "total_bigrams": bigrams["total"],
+            },
+            "duplicates": duplicates,
+            "decontamination": decontam,
+            "shards": {"per_shard": self.shards,
+                       "samples": int_summary(collections.Counter(shard_samples)),
+                       "empty_shards": sum(1 for x in shard_samples if x == 0)},
+            "read_errors": {"skipped": dict(sorted(self.counters.skipped.items())),
+                            "skipped_total": sum(self.counters.skipped.values()),
+                            "image_header_errors": n["image_header_errors"],
+                            "thumbnail_errors": n["thumb_errors"],
+                            "examples": self.counters.examples},
+            "contact_sheet": {"seed": cfg.seed, "samples": sheet},
+        }
+        return CorpusStats(stats=stats, thumbnails=thumbs)
+
+
+def _int_keys(c: dict) -> dict[str, int]:
+    return {str(k): v for k, v in sorted(c.items(), key=lambda kv: int(kv[0]))}
+
+
+# ---------------------------------------------------------------------------------------------
+# funnel.json (written by `curate run`)
+
+def find_funnel(spec: Any) -> str | None:
+    """funnel.json of the corpus a shard spec points into, if any."""
+    if not isinstance(spec, str):
+        specs = list(spec)
+        if not specs:
+            return None
+        spec = specs[0]
+    spec = spec.split("{")[0].split("*")[0]
+    if spec.endswith(".json") or spec.endswith(".tar"):
+        spec = os.path.dirname(spec)
+    cands = [spec, os.path.dirname(spec.rstrip("/")), os.path.dirname(os.path.dirname(spec.rstrip("/")))]
+    for d in cands:
+        if d and fsutil.is_local(d) and os.path.isfile(os.path.join(d, "funnel.json")):
+            return os.path.join(d, "funnel.json")
+    return None
+
+
+def load_funnel(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    data = json.loads(fsutil.read_bytes(path))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: funnel must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _num(x: Any) -> int:
+    return int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else 0
+
+
+def _stages(raw: Any) -> list[dict[str, Any]]:
+    items = raw.items() if isinstance(raw, dict) else (
+        ((st.get("name") or st.get("stage"), st) for st in raw if isinstance(st, dict))
+        if isinstance(raw, list) else [])
+    out = []
+    for name, st in items:
+        if not isinstance(st, dict):
+            continue
+        dropped = st.get("dropped") or {}
+        if not isinstance(dropped, dict):
+            dropped = {"dropped": _num(dropped)}
+        entry = {"name": str(name), "kept": _num(st.get("kept")),
+                 "dropped": {str(r): _num(v) for r, v in sorted(dropped.items())}}
+        if "in" in st or "rows_in" in st:
+            entry["rows_in"] = _num(st.get("in", st.get("rows_in")))
+        out.append(entry)
+    return out
+
+
+def normalise_funnel(funnel: dict | None, path: str | None) -> dict[str, Any]:
+    """The funnel in one shape whatever variant the writer used; totals summed when absent."""
+    if not funnel:
+        return {"available": False, "note": "no funnel.json beside the shards (only `curate run` writes one)"}
+    raw_sources = funnel.get("sources") if isinstance(funnel.get("sources"), dict) else {}
+    sources = {}
+    for name, src in sorted(raw_sources.items()):
+        if not isinstance(src, dict):
+            continue
+        stages = _stages(src.get("stages"))
+        rows_in = _num(src.get("rows_in", src.get("in")))
+        kept = _num(src.get("kept")) if "kept" in src else (stages[-1]["kept"] if stages else rows_in)
+        sources[name] = {"rows_in": rows_in, "stages": stages, "kept": kept,
+                         "dropped": rows_in - kept if rows_in else sum(
+                             sum(s["dropped"].values()) for s in stages)}
+    stage_order: list[str] = []
+    for src in sources.values():
+        for st in src["stages"]:
+            if st["name"] not in stage_order:
+                stage_order.append(st["name"])
+    totals_raw = funnel.get("totals") if isinstance(funnel.get("totals"), dict) else {}
+    t_stages = _stages(totals_raw.get("stages")) if totals_raw.get("stages") else []
+    if not t_stages:
+        for name in stage_order:
+            dropped: collections.Counter = collections.Counter()
+            kept = 0
+            for src in sources.values():
+                for st in src["stages"]:
+                    if st["name"] == name:
+                        dropped.update(st["dropped"])
+                        kept += st["kept"]
+            t_stages.append({"name": name, "kept": kept, "dropped": dict(sorted(dropped.items()))})
+    totals = {"rows_in": _num(totals_raw.get("rows_in")) or sum(s["rows_in"] for s in sources.values()),
+              "kept": _num(totals_raw.get("kept")) or sum(s["kept"] for s in sources.values()),
+              "stages": t_stages}
+    totals["dropped"] = totals["rows_in"] - totals["kept"]
+    extra_keys = sorted(k for k in funnel if k not in ("sources", "totals"))
+    return {"available": True, "path": path, "sources": sources, "totals": totals,
+            "other_keys": extra_keys}
+
+
+def decontamination_from_funnel(funnel: dict | None) -> dict[str, Any]:
+    """Rows dropped per eval set by the decontamination stage(s) of the funnel."""
+    out: dict[str, Any] = {"available": False, "per_eval_set": {}, "per_source": {},
+                           "note": "no funnel.json with a decontamination stage"}
+    if not funnel:
+        return out
+    per_set: collections.Counter = collections.Counter()
+    per_source: dict[str, dict[str, int]] = {}
+    found = False
+    raw_sources = funnel.get("sources") if isinstance(funnel.get("sources"), dict) else {}
+    for name, src in sorted(raw_sources.items()):
+        if not isinstance(src, dict):
+            continue
+        for st in _stages(src.get("stages")):
+            if "decontam" not in st["name"].lower() and "contamin" not in st["name"].lower():
+                continue
+            found = True
+            for reason, v in st["dropped"].items():
+                eval_set = _eval_set_of(reason)
+                per_set[eval_set] += v
+                d = per_source.setdefault(name, {})
+                d[eval_set] = d.get(eval_set, 0) + v
+    explicit = funnel.get("decontamination")
+    if isinstance(explicit, dict):
+        found = True
+        per_eval = explicit.get("per_eval_set", explicit)
+        for k, v in per_eval.items():
+            if isinstance(v, (int, float)) and str(k) not in per_set:
+                per_set[str(k)] += _num(v)
+    if found:
+        out.update({"available": True, "note": None, "per_eval_set": dict(sorted(per_set.items())),
+                    "per_source": per_source, "total": sum(per_set.values())})
+    return out
+
+
+def _eval_set_of(reason: str) -> str:
+    # Reasons look like "contaminated:coco_karpathy_test" or "eval_overlap/vqav2_val"; the eval
+    # set is what follows the last separator, the whole reason when there is none.
+    for sep in (":", "/", "="):
+        if sep in reason:
+            return reason.rsplit(sep, 1)[1] or reason
+    return reason
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+@dataclass
+class CorpusStats:
+    stats: dict[str, Any]
+    thumbnails: dict[str, bytes] = field(default_factory=dict)
+
+
+def compute_stats(spec: str | Iterable[str], cfg: StatsConfig | None = None, *,
+                  funnel_path: str | None = None, progress: Callable[[int, int], None] | None = None
+                  ) -> CorpusStats:
+    """Statistics of the shard set `spec` (anything `shards.resolve` accepts)."""
+    cfg = cfg or StatsConfig()
+    if cfg.tokenizer is not None:
+        _tokenizer(cfg.tokenizer)   # fail here, once, rather than in every worker
+    resolve_counters = ReadCounters()
+    spec_list = spec if isinstance(spec, str) else list(spec)
+    refs = resolve(spec_list, resolve_counters)
+    funnel_path = funnel_path or find_funnel(spec_list)
+    funnel = load_funnel(funnel_path)
+    spill_dir = tempfile.mkdtemp(prefix="vlfusion-stats-")
+    try:
+        acc = StatsAccumulator(cfg, spill_dir)
+        acc.counters.skipped.update(resolve_counters.skipped)
+        acc.counters.examples.extend(resolve_counters.examples)
+        for i, part in enumerate(map_shards(_run_partial, [(r, cfg) for r in refs], cfg.workers)):
+            acc.add(part)
+            if progress is not None:
+                progress(i + 1, len(refs))
+        return acc.finish(spec_desc=spec_list, num_shards=len(refs), funnel=funnel,
+                          funnel_path=funnel_path)
+    finally:
+        shutil.rmtree(spill_dir, ignore_errors=True)
