@@ -1,0 +1,206 @@
+"""The fusion model: ViT image encoder + causal text tower + late-fusion cross-attention stack + LM head.
+
+Objectives (weights in ModelConfig):
+- lm / caption: next-token cross-entropy on tokens where loss_mask is True (the token at t predicted from <t);
+- vqa: the same loss restricted to VQA rows (the tokenizer puts loss_mask on answer tokens + EOS only, so the
+  question never contributes); VQA rows are named by the optional batch["task"] or batch["is_vqa"];
+- itc: symmetric InfoNCE between the image class token and the text tower's last real token, projected into
+  a shared space, with a learned temperature, over rows where itc_mask is True.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .layers import CrossAttention, GeluMLP, KVCache, SelfAttention, gpt_init
+from .text import TextTransformer, attention_inputs
+from .vit import VisionEncoder
+
+TASKS = ("caption", "vqa")
+
+
+class FusionLayer(nn.Module):
+    """Causal self-attention over text, cross-attention to image tokens, MLP; pre-LayerNorm residuals."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        width = cfg.text_width
+        self.norm1 = nn.LayerNorm(width)
+        self.self_attn = SelfAttention(width, cfg.fusion_heads, bias=True)
+        self.norm2 = nn.LayerNorm(width)
+        self.cross_attn = CrossAttention(width, cfg.vision_width, cfg.fusion_heads)
+        self.norm3 = nn.LayerNorm(width)
+        self.mlp = GeluMLP(width, cfg.fusion_mlp_dim)
+
+    def forward(self, x, image_tokens, *, mask=None, cache=None, cache_name=""):
+        # x [B, T, C]; image_tokens [B, 1 + N, Wv]
+        x = x + self.self_attn(
+            self.norm1(x), mask=mask, is_causal=True, cache=cache, cache_name=f"{cache_name}.self"
+        )
+        x = x + self.cross_attn(self.norm2(x), image_tokens, cache=cache, cache_name=f"{cache_name}.cross")
+        return x + self.mlp(self.norm3(x))
+
+
+class FusionModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vision = VisionEncoder(cfg)
+        self.text = TextTransformer(cfg)
+        self.fusion = nn.ModuleList(FusionLayer(cfg) for _ in range(cfg.fusion_depth))
+        self.fusion_norm = nn.LayerNorm(cfg.text_width)
+        # Tied head reuses text.embed_tokens.weight directly (no second entry in the state dict, so
+        # safetensors can store it).
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.text_width, cfg.vocab_size, bias=False)
+        self.image_proj = nn.Linear(cfg.vision_width, cfg.embed_dim, bias=False)
+        self.text_proj = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.itc_temperature)))
+        for module in (self.text, self.fusion, self.image_proj, self.text_proj):
+            module.apply(gpt_init)
+        if self.lm_head is not None:
+            self.lm_head.apply(gpt_init)
+
+    # ------------------------------------------------------------ pieces
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [..., C] -> [..., V]
+        weight = self.text.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight)
+
+    def decode(
+        self,
+        input_ids: torch.Tensor,  # long [B, T]
+        image_tokens: torch.Tensor | None,  # [B, 1 + N, Wv]; None when the cache holds the image keys
+        *,
+        position_ids: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,  # bool [B, 1, T, L]
+        cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (text tower output [B, T, C], fused hidden states [B, T, C] ready for the LM head)."""
+        text_h = self.text(input_ids, position_ids=position_ids, mask=mask, cache=cache)
+        h = text_h
+        for i, layer in enumerate(self.fusion):
+            h = layer(h, image_tokens, mask=mask, cache=cache, cache_name=f"fusion.{i}")
+        return text_h, self.fusion_norm(h)
+
+    def lm_logits(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Next-token logits [B, T, V] (position t predicts token t + 1); for scoring and tests."""
+        position_ids, mask = attention_inputs(attention_mask, input_ids.shape[1], input_ids.device)
+        _, h = self.decode(input_ids, self.vision(images), position_ids=position_ids, mask=mask)
+        return self.logits(h)
+
+    # ------------------------------------------------------------ training forward
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """batch: image float [B,3,S,S], input_ids long [B,T], attention_mask bool [B,T], loss_mask bool [B,T],
+        itc_mask bool [B] (default all True); optional task list[str] ("caption"|"vqa") or is_vqa bool [B].
+
+        Returns scalars: loss (weighted total), lm (all target tokens), caption, vqa, itc, itc_scale."""
+        images, input_ids = batch["image"], batch["input_ids"]
+        B, T = input_ids.shape
+        device = input_ids.device
+        attention_mask = batch.get("attention_mask")
+        attention_mask = (
+            torch.ones(B, T, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
+        )
+        position_ids, mask = attention_inputs(attention_mask, T, device)
+
+        image_tokens = self.vision(images)  # [B, 1 + N, Wv]
+        text_h, h = self.decode(input_ids, image_tokens, position_ids=position_ids, mask=mask)  # [B, T, C]
+
+        # next-token loss only where the target is marked; computed densely with per-token weights (no
+        # boolean indexing: no host sync, static shapes for torch.compile)
+        target_mask = (batch["loss_mask"].bool() & attention_mask)[:, 1:].float()  # [B, T-1]
+        logits = self.logits(h[:, :-1]).float()  # [B, T-1, V]
+        token_ce = F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")  # [B, T-1]
+        vqa_tokens = target_mask * _vqa_rows(batch, B, device).float()[:, None]  # [B, T-1]
+        lm = _masked_mean(token_ce, target_mask)
+        caption = _masked_mean(token_ce, target_mask - vqa_tokens)
+        vqa = _masked_mean(token_ce, vqa_tokens)
+
+        itc_mask = batch.get("itc_mask")
+        itc_mask = torch.ones(B, dtype=torch.bool, device=device) if itc_mask is None else itc_mask.bool()
+        last = (attention_mask.long() * torch.arange(T, device=device)).argmax(1)  # [B] last real token (EOS)
+        itc, scale = self.contrastive_loss(
+            image_tokens[:, 0], text_h[torch.arange(B, device=device), last], itc_mask
+        )
+
+        cfg = self.cfg
+        loss = cfg.lm_loss_weight * caption + cfg.vqa_loss_weight * vqa + cfg.itc_loss_weight * itc
+        return {"loss": loss, "lm": lm, "caption": caption, "vqa": vqa, "itc": itc, "itc_scale": scale.detach()}
+
+    def contrastive_loss(
+        self, image_pooled: torch.Tensor, text_pooled: torch.Tensor, itc_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Symmetric InfoNCE over the rows where itc_mask is True; other rows are neither anchors nor
+        negatives. Masking (instead of indexing) keeps every parameter in the graph with no host sync, which
+        DDP needs when a batch happens to hold no caption rows."""
+        img = F.normalize(self.image_proj(image_pooled).float(), dim=-1)  # [B, E]
+        txt = F.normalize(self.text_proj(text_pooled).float(), dim=-1)  # [B, E]
+        scale = self.logit_scale.exp().clamp(max=100.0)  # CLIP's cap keeps the temperature >= 0.01
+        sim = scale * img @ txt.t()  # [B, B]; row i = image i against every text
+        valid = itc_mask.float()
+        pair = valid[:, None] * valid[None, :]
+        sim = sim.masked_fill(pair == 0, -1e4)  # finite, so excluded rows give 0 * finite, not NaN
+        labels = torch.arange(sim.shape[0], device=sim.device)
+        per_row = F.cross_entropy(sim, labels, reduction="none") + F.cross_entropy(
+            sim.t(), labels, reduction="none"
+        )  # [B]
+        return _masked_mean(per_row / 2, valid), scale
+
+    # ------------------------------------------------------------ loading and generation
+    def load_mae_encoder(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load MAEPretrainer.encoder_state_dict() (or a full MAEPretrainer state dict) into self.vision.
+
+        Refuses (ValueError) a checkpoint whose keys or shapes do not fit, listing every mismatch."""
+        if any(k.startswith("encoder.") for k in state_dict):
+            state_dict = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
+        expected = self.vision.state_dict()
+        problems = [f"missing {k}" for k in expected if k not in state_dict]
+        problems += [f"unexpected {k}" for k in state_dict if k not in expected]
+        problems += [
+            f"{k}: checkpoint {list(v.shape)} vs model {list(expected[k].shape)}"
+            for k, v in state_dict.items()
+            if k in expected and v.shape != expected[k].shape
+        ]
+        if problems:
+            c = self.cfg
+            raise ValueError(
+                "MAE encoder checkpoint does not fit this model's vision encoder "
+                f"(image_size={c.image_size}, patch_size={c.patch_size}, vision_width={c.vision_width}, "
+                f"vision_depth={c.vision_depth}, pos_embed={c.pos_embed!r}); was it trained with another "
+                f"preset? {len(problems)} mismatch(es): " + "; ".join(problems[:20])
+                + ("; ..." if len(problems) > 20 else "")
+            )
+        self.vision.load_state_dict(state_dict, strict=True)
+
+    def generate(self, images: torch.Tensor, prompt_ids: Sequence[Sequence[int]], **kwargs: Any) -> list[list[int]]:
+        """See training.model.generate.generate for the options."""
+        from .generate import generate
+
+        return generate(self, images, prompt_ids, **kwargs)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    # an empty selection gives 0 (still attached to the graph), not NaN
+    return (values * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def _vqa_rows(batch: dict[str, Any], B: int, device: torch.device) -> torch.Tensor:
+    if "is_vqa" in batch:
+        return torch.as_tensor(batch["is_vqa"], device=device).bool()
+    tasks = batch.get("task")
+    if tasks is None:
+        return torch.zeros(B, dtype=torch.bool, device=device)
+    if len(tasks) != B or any(t not in TASKS for t in tasks):
+        raise ValueError(f"batch['task'] must list one of {list(TASKS)} per row ({B} rows), got {list(tasks)!r}")
+    return torch.tensor([t == "vqa" for t in tasks], dtype=torch.bool, device=device)
