@@ -29,8 +29,9 @@ import re
 import shutil
 import tempfile
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -114,7 +115,7 @@ class _Opaque:
     def __init__(self, v: Any):
         self.v = v
 
-    def __lt__(self, other: "_Opaque") -> bool:
+    def __lt__(self, other: _Opaque) -> bool:
         return False
 
 
@@ -195,10 +196,10 @@ class _RevKey:
     def __init__(self, k: str):
         self.k = k
 
-    def __lt__(self, other: "_RevKey") -> bool:
+    def __lt__(self, other: _RevKey) -> bool:
         return self.k > other.k
 
-    def __gt__(self, other: "_RevKey") -> bool:
+    def __gt__(self, other: _RevKey) -> bool:
         return self.k < other.k
 
     def __eq__(self, other: object) -> bool:
@@ -255,21 +256,27 @@ _TOKENIZER_CACHE: dict[str, Any] = {}
 def _tokenizer(path: str):
     tok = _TOKENIZER_CACHE.get(path)
     if tok is None:
-        from training.tokenizer import Tokenizer   # no torch: safe in every worker
+        from training.tokenizer import Tokenizer  # no torch: safe in every worker
         tok = _TOKENIZER_CACHE[path] = Tokenizer.load(path)
     return tok
 
 
 def cluster_size(sample) -> int:
-    """Source records merged into this sample by dedup (1 when it was never merged)."""
+    """Source records folded into this sample (1 when it was never merged).
+
+    `curate run` records dedup merges as ``extra["merged"]`` (uids of the records merged into this
+    one) and keeps every record's ``sources`` entry; other writers may state ``dup_cluster_size``.
+    The largest of these is the cluster size.
+    """
     extra = sample.extra
+    size = max(1, len(sample.sources))
+    for name in ("merged", "merged_from"):
+        if isinstance(extra.get(name), list):
+            size = max(size, 1 + len(extra[name]))
     for name in ("dup_cluster_size", "cluster_size"):
-        if isinstance(extra.get(name), int) and extra[name] >= 1:
-            return extra[name]
-    merged = extra.get("merged_from")
-    if isinstance(merged, list):
-        return 1 + len(merged)
-    return max(1, len(sample.sources))
+        if isinstance(extra.get(name), int):
+            size = max(size, extra[name])
+    return size
 
 
 def thumbnail(image: bytes, size: int) -> bytes | None:
@@ -305,7 +312,11 @@ def _source_names(sample) -> list[str]:
 
 
 def _brief(sample, size: int) -> dict[str, Any]:
-    return {"key": sample.key, "captions": sample.captions[:3], "num_captions": len(sample.captions),
+    merged = sample.extra.get("merged")
+    return {"key": sample.key, "uid": sample.uid, "captions": sample.captions[:3],
+            "num_captions": len(sample.captions),
+            "merged": [str(u) for u in merged[:12]] if isinstance(merged, list) else [],
+            "other_urls": len(sample.extra.get("other_urls") or []),
             "qa": [{"question": q.get("question"), "answers": list(q.get("answers") or [])[:3]}
                    for q in sample.qa[:2] if isinstance(q, dict)],
             "width": sample.width, "height": sample.height,
@@ -498,7 +509,7 @@ class StatsAccumulator:
         del self.clusters[self.cfg.num_cluster_examples:]
 
     def finish(self, *, spec_desc: Any, num_shards: int, funnel: dict | None,
-               funnel_path: str | None) -> "CorpusStats":
+               funnel_path: str | None) -> CorpusStats:
         cfg, n = self.cfg, self.n
         thumbs: dict[str, bytes] = {}
         self.shards.sort(key=lambda s: s["name"])
@@ -523,7 +534,7 @@ class StatsAccumulator:
         merged = {int(k): v for k, v in sizes.items() if int(k) > 1}
         clusters_known = has_sources or merged
         examples = []
-        for size, key, (brief, thumb) in self.clusters:
+        for _size, key, (brief, thumb) in self.clusters:
             thumbs[key] = thumb
             examples.append(brief)
         duplicates = {
@@ -561,6 +572,15 @@ class StatsAccumulator:
             sheet.append(brief)
 
         decontam = decontamination_from_funnel(funnel)
+        events = decontamination_from_dropped(os.path.join(os.path.dirname(funnel_path), "dropped")) \
+            if funnel_path and fsutil.is_local(funnel_path) else None
+        if events is not None and decontam["available"]:
+            # The drop events name the eval set each record matched; the funnel only has reasons.
+            decontam["by_reason"] = decontam["per_eval_set"]
+            decontam["per_eval_set"] = events["rows"]
+            decontam["records_per_eval_set"] = events["records"]
+            decontam["checks_per_eval_set"] = events["by_check"]
+            decontam["source_of_counts"] = "OUT/dropped/*.jsonl decontamination events"
         flags = dict(sorted(self.dists["eval_flags"].items()))
         decontam["flagged_in_samples"] = flags
         if flags and not decontam["available"]:
@@ -658,81 +678,110 @@ def _num(x: Any) -> int:
     return int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else 0
 
 
-def _stages(raw: Any) -> list[dict[str, Any]]:
-    items = raw.items() if isinstance(raw, dict) else (
-        ((st.get("name") or st.get("stage"), st) for st in raw if isinstance(st, dict))
-        if isinstance(raw, list) else [])
+def _reasons(d: Any) -> dict[str, int]:
+    if isinstance(d, dict):
+        return {str(r): _num(v) for r, v in sorted(d.items()) if _num(v)}
+    return {"dropped": _num(d)} if _num(d) else {}
+
+
+def _source_stages(src: dict, stage_order: list[str]) -> list[dict[str, Any]]:
+    """Stages of one source as [{"name", "dropped": {reason: n}, "kept"?}], in pipeline order.
+
+    Two writer shapes are read: ``stages: {stage: {"kept", "dropped": {reason: n}}}`` (or a list of
+    such dicts with "name"), and curation.funnel's ``dropped: {stage: {reason: n}}``.
+    """
+    raw = src.get("stages")
     out = []
-    for name, st in items:
-        if not isinstance(st, dict):
-            continue
-        dropped = st.get("dropped") or {}
-        if not isinstance(dropped, dict):
-            dropped = {"dropped": _num(dropped)}
-        entry = {"name": str(name), "kept": _num(st.get("kept")),
-                 "dropped": {str(r): _num(v) for r, v in sorted(dropped.items())}}
-        if "in" in st or "rows_in" in st:
-            entry["rows_in"] = _num(st.get("in", st.get("rows_in")))
-        out.append(entry)
+    if isinstance(raw, dict) or isinstance(raw, list):
+        items = raw.items() if isinstance(raw, dict) else (
+            (st.get("name") or st.get("stage"), st) for st in raw if isinstance(st, dict))
+        for name, st in items:
+            if isinstance(st, dict):
+                entry = {"name": str(name), "dropped": _reasons(st.get("dropped") or st.get("rows_dropped"))}
+                if "kept" in st:
+                    entry["kept"] = _num(st["kept"])
+                out.append(entry)
+    elif isinstance(src.get("dropped"), dict):
+        by_stage = src["dropped"]
+        names = [s for s in stage_order if s in by_stage] + sorted(s for s in by_stage if s not in stage_order)
+        out = [{"name": str(s), "dropped": _reasons(by_stage[s])} for s in names]
     return out
 
 
 def normalise_funnel(funnel: dict | None, path: str | None) -> dict[str, Any]:
-    """The funnel in one shape whatever variant the writer used; totals summed when absent."""
+    """The funnel in one shape whatever variant the writer used.
+
+    Per source and in total: rows_in, kept, dropped, and per stage the rows dropped by reason and
+    the rows remaining after it (taken from the file when it says, else rows_in minus drops so far).
+    """
     if not funnel:
         return {"available": False, "note": "no funnel.json beside the shards (only `curate run` writes one)"}
+    top_stages = funnel.get("stages") if isinstance(funnel.get("stages"), dict) else {}
+    stage_order = list(top_stages)
     raw_sources = funnel.get("sources") if isinstance(funnel.get("sources"), dict) else {}
-    sources = {}
+    sources: dict[str, Any] = {}
     for name, src in sorted(raw_sources.items()):
         if not isinstance(src, dict):
             continue
-        stages = _stages(src.get("stages"))
+        stages = _source_stages(src, stage_order)
         rows_in = _num(src.get("rows_in", src.get("in")))
-        kept = _num(src.get("kept")) if "kept" in src else (stages[-1]["kept"] if stages else rows_in)
-        sources[name] = {"rows_in": rows_in, "stages": stages, "kept": kept,
-                         "dropped": rows_in - kept if rows_in else sum(
-                             sum(s["dropped"].values()) for s in stages)}
-    stage_order: list[str] = []
-    for src in sources.values():
-        for st in src["stages"]:
+        remaining = rows_in
+        for st in stages:
+            remaining = st.get("kept", remaining - sum(st["dropped"].values()))
+            st["kept"] = remaining
+        kept = _num(src.get("rows_kept", src.get("kept", remaining)))
+        sources[name] = {"rows_in": rows_in, "kept": kept, "dropped": rows_in - kept, "stages": stages}
+        if "balanced" in src:
+            sources[name]["balanced"] = bool(src["balanced"])
+        for st in stages:
             if st["name"] not in stage_order:
                 stage_order.append(st["name"])
-    totals_raw = funnel.get("totals") if isinstance(funnel.get("totals"), dict) else {}
-    t_stages = _stages(totals_raw.get("stages")) if totals_raw.get("stages") else []
-    if not t_stages:
-        for name in stage_order:
-            dropped: collections.Counter = collections.Counter()
-            kept = 0
-            for src in sources.values():
-                for st in src["stages"]:
-                    if st["name"] == name:
-                        dropped.update(st["dropped"])
-                        kept += st["kept"]
-            t_stages.append({"name": name, "kept": kept, "dropped": dict(sorted(dropped.items()))})
-    totals = {"rows_in": _num(totals_raw.get("rows_in")) or sum(s["rows_in"] for s in sources.values()),
-              "kept": _num(totals_raw.get("kept")) or sum(s["kept"] for s in sources.values()),
-              "stages": t_stages}
-    totals["dropped"] = totals["rows_in"] - totals["kept"]
-    extra_keys = sorted(k for k in funnel if k not in ("sources", "totals"))
+    totals_raw = funnel.get("totals") if isinstance(funnel.get("totals"), dict) else funnel
+    rows_in = _num(totals_raw.get("rows_in")) or sum(s["rows_in"] for s in sources.values())
+    kept = _num(totals_raw.get("rows_kept", totals_raw.get("kept"))) or sum(s["kept"] for s in sources.values())
+    t_stages = []
+    remaining = rows_in
+    for name in stage_order:
+        dropped: collections.Counter = collections.Counter()
+        for src in sources.values():
+            for st in src["stages"]:
+                if st["name"] == name:
+                    dropped.update(st["dropped"])
+        entry: dict[str, Any] = {"name": name, "dropped": dict(sorted(dropped.items()))}
+        remaining -= sum(dropped.values())
+        entry["kept"] = remaining
+        top = top_stages.get(name) or {}
+        if isinstance(top, dict):
+            for k in ("records_dropped", "captions_dropped"):
+                if _reasons(top.get(k)):
+                    entry[k] = _reasons(top.get(k))
+        t_stages.append(entry)
+    totals = {"rows_in": rows_in, "kept": kept, "dropped": rows_in - kept, "stages": t_stages}
+    for k in ("samples_written", "balanced"):
+        if k in funnel:
+            totals[k] = funnel[k]
+    dedup = funnel.get("dedup") if isinstance(funnel.get("dedup"), dict) else {}
     return {"available": True, "path": path, "sources": sources, "totals": totals,
-            "other_keys": extra_keys}
+            "dedup": {str(k): v for k, v in sorted(dedup.items()) if isinstance(v, (int, float))}}
+
+
+DECONTAM_STAGE_HINTS = ("decontam", "contamin")
 
 
 def decontamination_from_funnel(funnel: dict | None) -> dict[str, Any]:
-    """Rows dropped per eval set by the decontamination stage(s) of the funnel."""
+    """Rows dropped per eval set: the funnel's ``eval_sets`` when it has them, else the reasons of
+    its decontamination stage(s) ("eval:coco_karpathy_test" -> coco_karpathy_test)."""
     out: dict[str, Any] = {"available": False, "per_eval_set": {}, "per_source": {},
-                           "note": "no funnel.json with a decontamination stage"}
+                           "note": "no funnel.json with decontamination counts beside the shards"}
     if not funnel:
         return out
+    norm = normalise_funnel(funnel, None)
     per_set: collections.Counter = collections.Counter()
     per_source: dict[str, dict[str, int]] = {}
     found = False
-    raw_sources = funnel.get("sources") if isinstance(funnel.get("sources"), dict) else {}
-    for name, src in sorted(raw_sources.items()):
-        if not isinstance(src, dict):
-            continue
-        for st in _stages(src.get("stages")):
-            if "decontam" not in st["name"].lower() and "contamin" not in st["name"].lower():
+    for name, src in norm["sources"].items():
+        for st in src["stages"]:
+            if not any(h in st["name"].lower() for h in DECONTAM_STAGE_HINTS):
                 continue
             found = True
             for reason, v in st["dropped"].items():
@@ -740,17 +789,75 @@ def decontamination_from_funnel(funnel: dict | None) -> dict[str, Any]:
                 per_set[eval_set] += v
                 d = per_source.setdefault(name, {})
                 d[eval_set] = d.get(eval_set, 0) + v
-    explicit = funnel.get("decontamination")
-    if isinstance(explicit, dict):
-        found = True
-        per_eval = explicit.get("per_eval_set", explicit)
-        for k, v in per_eval.items():
-            if isinstance(v, (int, float)) and str(k) not in per_set:
-                per_set[str(k)] += _num(v)
+    explicit = funnel.get("eval_sets")
+    if not isinstance(explicit, dict) and isinstance(funnel.get("decontamination"), dict):
+        explicit = funnel["decontamination"].get("per_eval_set", funnel["decontamination"])
+    if isinstance(explicit, dict) and explicit:
+        # Shown as the funnel states it; used as the per-set counts only when no stage gives them.
+        out["funnel_eval_sets"] = {str(k): _num(v) for k, v in sorted(explicit.items())}
+        if not found:
+            found = True
+            per_set = collections.Counter(out["funnel_eval_sets"])
     if found:
         out.update({"available": True, "note": None, "per_eval_set": dict(sorted(per_set.items())),
                     "per_source": per_source, "total": sum(per_set.values())})
     return out
+
+
+_IN_SETS = re.compile(r" in ([\w.,:-]+)$")
+
+
+def _eval_sets_of_event(ev: dict) -> list[str]:
+    """Eval sets a decontamination drop event names: an explicit field, else its detail text
+    ("coco id 42 in a,b" from the id check, "<set> <uid> at distance d" from the image check)."""
+    for k in ("eval_sets", "eval_set"):
+        v = ev.get(k)
+        if isinstance(v, list) and v:
+            return [str(x) for x in v]
+        if isinstance(v, str) and v:
+            return [v]
+    detail = str(ev.get("detail") or "")
+    m = _IN_SETS.search(detail)
+    if m:
+        return [x for x in m.group(1).split(",") if x]
+    if " at distance " in detail:
+        return [detail.split(" ", 1)[0]]
+    return ["(unnamed)"]
+
+
+def decontamination_from_dropped(dropped_dir: str) -> dict[str, Any] | None:
+    """Per eval set: records and source rows removed by the decontamination stages, from the drop
+    events `curate run` writes to OUT/dropped/*.jsonl. None when there are no such files."""
+    if not os.path.isdir(dropped_dir):
+        return None
+    files = sorted(f for f in os.listdir(dropped_dir) if f.endswith(".jsonl"))
+    if not files:
+        return None
+    records: collections.Counter = collections.Counter()
+    rows: collections.Counter = collections.Counter()
+    by_check: dict[str, collections.Counter] = {}
+    bad_lines = 0
+    for name in files:
+        with open(os.path.join(dropped_dir, name), encoding="utf-8") as f:
+            for line in f:
+                if "contam" not in line:   # cheap filter: most events are other stages
+                    continue
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    bad_lines += 1
+                    continue
+                stage = str(ev.get("stage", ""))
+                if not any(h in stage.lower() for h in DECONTAM_STAGE_HINTS) or ev.get("kind") == "caption":
+                    continue
+                n_rows = sum(_num(v) for v in (ev.get("rows") or {}).values())
+                for eval_set in _eval_sets_of_event(ev):
+                    records[eval_set] += 1
+                    rows[eval_set] += n_rows
+                    by_check.setdefault(eval_set, collections.Counter())[f"{stage}:{ev.get('reason')}"] += 1
+    return {"records": dict(sorted(records.items())), "rows": dict(sorted(rows.items())),
+            "by_check": {k: dict(sorted(v.items())) for k, v in sorted(by_check.items())},
+            "unreadable_lines": bad_lines, "files": len(files)}
 
 
 def _eval_set_of(reason: str) -> str:

@@ -1,0 +1,45 @@
+"""`curate stats`: the corpus report, `report.html` (self-contained) and its JSON twin `stats.json`.
+
+    from curation.report import build_report
+    paths = build_report("OUT", "OUT/report", tokenizer="OUT/tokenizer.model")
+
+Numbers come from `shards.stats.compute_stats` (streaming, every core, exact counts); charts from
+`plots`; the page from `page`; `browser` checks a page in headless Chromium and takes its picture.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    html: str
+    stats: str
+
+
+def build_report(spec: str | Iterable[str], out_dir: str, *, tokenizer: str | None = None,
+                 funnel: str | None = None, workers: int | None = None, seed: int = 0,
+                 contact_sheet_size: int = 24, progress=None, **stats_options: Any) -> ReportPaths:
+    """Compute the statistics of `spec` and write `out_dir`/stats.json and `out_dir`/report.html."""
+    from shards import fsutil
+    from shards.stats import StatsConfig, compute_stats
+
+    from .page import render_html
+
+    cfg = StatsConfig(tokenizer=tokenizer, workers=workers, seed=seed, contact_sheet_size=contact_sheet_size,
+                      **stats_options)
+    result = compute_stats(spec, cfg, funnel_path=funnel, progress=progress)
+    fsutil.makedirs(out_dir)
+    stats_path = fsutil.join(out_dir, "stats.json")
+    html_path = fsutil.join(out_dir, "report.html")
+    # stats.json first: a report.html on disk always has its numbers beside it.
+    fsutil.atomic_write_bytes(stats_path, json.dumps(result.stats, indent=1, ensure_ascii=False).encode())
+    fsutil.atomic_write_bytes(html_path, render_html(result.stats, result.thumbnails).encode("utf-8"))
+    return ReportPaths(html=html_path, stats=stats_path)
+
+
+__all__ = ["ReportPaths", "build_report"]

@@ -1,0 +1,75 @@
+"""report.html in headless Chromium: loads without errors, every plot and thumbnail has pixels,
+nothing is fetched from the network."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from stats_corpus import make_corpus, make_img2dataset_shard
+
+from curation.report import build_report
+from curation.report.browser import check_page, screenshot
+from curation.report.plots import render_all
+from curation.tokenizer import TokenizerTrainConfig, train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    corpus = make_corpus(root / "out", num_shards=3, per_shard=30, seed=11)
+    # A truncated extra shard too, so the errors section has a chart.
+    data = (corpus / "shards" / "00000.tar").read_bytes()
+    (root / "extra").mkdir()
+    (root / "extra" / "00000.tar").write_bytes(data[: len(data) // 3])
+    tok = root / "tokenizer.model"
+    train_tokenizer(str(corpus), str(tok), TokenizerTrainConfig(vocab_size=330, workers=1))
+    return build_report([str(corpus), str(root / "extra" / "00000.tar")], str(root / "report"),
+                        tokenizer=str(tok), workers=2)
+
+
+def test_report_loads_and_every_plot_has_an_image(full_report):
+    stats = json.loads(Path(full_report.stats).read_text())
+    expected_plots = len(render_all(stats))
+    html = Path(full_report.html).read_text()
+    verdict = check_page(full_report.html)
+    assert verdict["title"] == "vlfusion corpus report"
+    assert verdict["errors"] == [] and verdict["broken"] == []
+    assert verdict["network"] == []
+    assert verdict["plots"] == expected_plots >= 13
+    assert verdict["plots_without_image"] == 0
+    # plots + contact sheet + cluster strips, all decoded
+    assert verdict["images"] == expected_plots + len(stats["contact_sheet"]["samples"]) + len(
+        stats["duplicates"]["examples"])
+    # self-contained: no external references of any kind
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    assert "<script" not in html
+
+
+def test_img2dataset_report_loads_with_sections_not_available(tmp_path):
+    make_img2dataset_shard(tmp_path / "i2d" / "00000.tar", n=10)
+    paths = build_report(str(tmp_path / "i2d"), str(tmp_path / "r"), workers=1)
+    verdict = check_page(paths.html)
+    assert verdict["errors"] == [] and verdict["broken"] == [] and verdict["plots_without_image"] == 0
+    assert verdict["plots"] >= 6
+
+
+def test_probe_catches_a_broken_image(tmp_path):
+    page = tmp_path / "bad.html"
+    page.write_text('<!DOCTYPE html><html><head><title>t</title></head><body>'
+                    '<figure class="plot"><img alt="broken" src="data:image/png;base64,iVBORw0KGgo="></figure>'
+                    '</body></html>')
+    verdict = check_page(page)
+    assert verdict["broken"] == ["broken"] and verdict["plots_without_image"] == 1 and verdict["errors"]
+
+
+def test_screenshot_is_a_png_of_the_page(full_report, tmp_path):
+    out = screenshot(full_report.html, tmp_path / "report.png", width=1000, height=900)
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size == (1000, 900)
+        # Not a blank page: the header band and white sections differ.
+        colors = im.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colors is not None and len(colors) > 50

@@ -1,0 +1,296 @@
+"""stats.json against counts taken independently from the tar files (tarfile + json, not shards/)."""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import re
+import tarfile
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+from stats_corpus import caption, make_corpus, make_img2dataset_shard
+
+from curation.report import build_report
+from curation.tokenizer import TokenizerTrainConfig, train_from_sentences
+from shards.stats import StatsConfig, compute_stats, normalise_funnel
+
+WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")   # the word definition the report documents
+
+
+def read_tar(path: Path) -> list[dict]:
+    """Samples of one tar as plain dicts, straight from the members."""
+    groups: dict[str, dict] = collections.OrderedDict()
+    with tarfile.open(path) as tar:
+        for m in tar.getmembers():
+            key, ext = m.name.split(".", 1)
+            groups.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    out = []
+    for key, g in groups.items():
+        meta = json.loads(g["json"])
+        out.append({"key": key, "image_bytes": len(g["jpg"]), "meta": meta,
+                    "captions": meta.get("captions", [meta.get("caption")] if meta.get("caption") else [])})
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return make_corpus(tmp_path_factory.mktemp("stats") / "out", num_shards=4, per_shard=25, seed=3)
+
+
+@pytest.fixture(scope="module")
+def stats(corpus) -> dict:
+    return compute_stats(str(corpus), StatsConfig(workers=2, top_k=400)).stats
+
+
+def test_totals_and_per_source_match_tar_contents(corpus, stats):
+    tars = sorted((corpus / "shards").glob("*.tar"))
+    samples = [s for t in tars for s in read_tar(t)]
+    assert stats["totals"]["images"] == len(samples) == 100
+    assert stats["totals"]["pairs"] == sum(len(s["captions"]) for s in samples)
+    assert stats["totals"]["qa_pairs"] == sum(len(s["meta"]["qa"]) for s in samples)
+    assert stats["totals"]["images_with_qa"] == sum(1 for s in samples if s["meta"]["qa"])
+    assert stats["totals"]["image_bytes"] == sum(s["image_bytes"] for s in samples)
+    assert stats["totals"]["tar_bytes"] == sum(os.path.getsize(t) for t in tars)
+
+    per_source: dict = {}
+    for s in samples:
+        for d in {src["dataset"] for src in s["meta"]["sources"]}:
+            c = per_source.setdefault(d, {"images": 0, "pairs": 0, "qa_pairs": 0})
+            c["images"] += 1
+            c["pairs"] += len(s["captions"])
+            c["qa_pairs"] += len(s["meta"]["qa"])
+    assert stats["sources"]["available"] is True
+    assert stats["sources"]["per_source"] == per_source
+
+    per_shard = [{"name": str(t), "samples": len(read_tar(t)), "tar_bytes": os.path.getsize(t)} for t in tars]
+    got = [{k: r[k] for k in ("name", "samples", "tar_bytes")} for r in stats["shards"]["per_shard"]]
+    assert got == per_shard
+
+
+def test_distributions_and_vocabulary_are_exact(corpus, stats):
+    samples = [s for t in sorted((corpus / "shards").glob("*.tar")) for s in read_tar(t)]
+    widths = collections.Counter(str(s["meta"]["width"]) for s in samples)
+    assert stats["images"]["width"]["counts"] == dict(sorted(widths.items(), key=lambda kv: int(kv[0])))
+    assert stats["images"]["height"]["count"] == 100
+    assert sum(stats["images"]["aspect_ratio"]["counts"]) == 100   # 64..256 px: all within 1:4..4:1
+    assert sum(stats["images"]["bytes"]["counts"]) == 100
+    assert stats["images"]["bytes"]["max"] == max(s["image_bytes"] for s in samples)
+
+    caps = [c for s in samples for c in s["captions"]]
+    lengths = collections.Counter(str(len(c.split())) for c in caps)
+    assert stats["captions"]["words"]["counts"] == dict(sorted(lengths.items(), key=lambda kv: int(kv[0])))
+    words = collections.Counter(w for c in caps for w in WORD.findall(c.lower()))
+    bigrams = collections.Counter(f"{a} {b}" for c in caps
+                                  for a, b in zip(WORD.findall(c.lower()), WORD.findall(c.lower())[1:]))
+    voc = stats["vocabulary"]
+    assert voc["total_words"] == sum(words.values()) and voc["distinct_words"] == len(words)
+    assert voc["distinct_bigrams"] == len(bigrams)
+    assert {w: n for w, n in voc["top_words"]} == {w: words[w] for w, _ in voc["top_words"]}
+    # Top-k is the k largest counts, ties broken by the word.
+    expected = sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))[:len(voc["top_words"])]
+    assert [tuple(r) for r in voc["top_words"]] == expected
+    assert [tuple(r) for r in voc["top_bigrams"]] == sorted(bigrams.items(), key=lambda kv: (-kv[1], kv[0]))[:400]
+    assert "a" not in {w for w, _ in voc["top_content_words"]}
+
+
+def test_duplicates_decontamination_and_funnel(corpus, stats):
+    samples = [s for t in sorted((corpus / "shards").glob("*.tar")) for s in read_tar(t)]
+    sizes = collections.Counter(str(len(s["meta"]["sources"])) for s in samples)
+    dup = stats["duplicates"]
+    assert dup["available"] and dup["cluster_sizes"] == dict(sorted(sizes.items()))
+    assert dup["merged_images"] == sum(1 for s in samples if len(s["meta"]["sources"]) > 1)
+    assert dup["remaining_exact"]["extra_copies"] == 0
+    largest = max(len(s["meta"]["sources"]) for s in samples)
+    assert dup["examples"][0]["cluster_size"] == largest
+
+    dec = stats["decontamination"]
+    assert dec["per_eval_set"] == {"coco_karpathy_test": 8, "vqav2_val": 2}
+    assert dec["flagged_in_samples"] == {"coco_karpathy_test": 1}
+
+    f = stats["funnel"]
+    assert f["available"] and f["totals"]["rows_in"] == 180 and f["totals"]["kept"] == 120
+    assert [(s["name"], s["kept"]) for s in f["totals"]["stages"]] == [
+        ("fetch", 160), ("quality", 145), ("decontaminate", 135), ("dedup", 120)]
+    assert f["totals"]["stages"][0]["dropped"] == {"http_404": 16, "timeout": 4}
+
+
+def test_funnel_written_by_curate_run(tmp_path):
+    """The shape curation.funnel.build_funnel writes (no per-stage 'kept'; drops per source and stage)."""
+    from curation.funnel import build_funnel
+    ledger = {"in|coco": 50, "in|vg": 30, "kept|coco": 38, "kept|vg": 25,
+              "drop|fetch|http_404|coco": 5, "drop|decontam|eval:coco_karpathy_test|coco": 4,
+              "drop|dedup_image|near_duplicate|coco": 3, "drop|fetch|timeout|vg": 5,
+              "records_dropped|fetch|http_404": 5, "captions_dropped|caption_filter|too_short": 7}
+    funnel = build_funnel(ledger, ["coco", "vg"])
+    norm = normalise_funnel(funnel, "funnel.json")
+    assert norm["totals"]["rows_in"] == 80 and norm["totals"]["kept"] == 63
+    stages = {s["name"]: s for s in norm["totals"]["stages"]}
+    assert list(stages) == ["caption_filter", "decontam", "fetch", "dedup_image"]   # pipeline order
+    assert stages["fetch"]["dropped"] == {"http_404": 5, "timeout": 5} and stages["fetch"]["kept"] == 80 - 4 - 10   # decontam runs before fetch
+    assert stages["dedup_image"]["kept"] == 63
+    assert stages["caption_filter"]["captions_dropped"] == {"too_short": 7}
+    assert norm["sources"]["coco"]["stages"][-1]["kept"] == 38
+    (tmp_path / "c").mkdir()
+    make_corpus(tmp_path / "c", num_shards=1, per_shard=5, funnel=funnel)
+    st = compute_stats(str(tmp_path / "c"), StatsConfig(workers=1)).stats
+    assert st["decontamination"]["per_eval_set"] == {"coco_karpathy_test": 4}
+
+
+def test_same_numbers_whatever_the_workers_and_with_spilling(corpus, stats):
+    one = compute_stats(str(corpus), StatsConfig(workers=1, top_k=400, spill_threshold=7)).stats
+    # Only the worker count and the spill threshold differ: every number must be identical.
+    assert json.dumps(one, sort_keys=True) == json.dumps(stats, sort_keys=True)
+    keys = [s["key"] for s in stats["contact_sheet"]["samples"]]
+    assert len(keys) == 24 == len(set(keys))
+    other = compute_stats(str(corpus), StatsConfig(workers=1, seed=5)).stats
+    assert [s["key"] for s in other["contact_sheet"]["samples"]] != keys
+
+
+def test_tokens_and_truncated_share(corpus, tmp_path):
+    import random
+    rng = random.Random(0)
+    long_caps = [" ".join(caption(rng) for _ in range(8)) for _ in range(5)]
+    tok_path = tmp_path / "t.model"
+    train_from_sentences([caption(rng) for _ in range(400)] + long_caps, str(tok_path),
+                         TokenizerTrainConfig(vocab_size=340))
+    sp = spm.SentencePieceProcessor(model_file=str(tok_path))
+    st = compute_stats(str(corpus), StatsConfig(workers=2, tokenizer=str(tok_path))).stats
+    caps = [c for t in sorted((corpus / "shards").glob("*.tar")) for s in read_tar(t) for c in s["captions"]]
+    lens = [len(sp.encode(" ".join(c.split()))) + 2 for c in caps]   # + BOS + EOS
+    tok = st["captions"]["tokens"]
+    assert tok["available"] and tok["summary"]["count"] == len(caps)
+    assert tok["counts"] == {str(k): v for k, v in sorted(collections.Counter(lens).items())}
+    assert tok["truncated"] == sum(1 for n in lens if n > 77)
+    st10 = compute_stats(str(corpus), StatsConfig(workers=1, tokenizer=str(tok_path), max_tokens=10)).stats
+    n_trunc = sum(1 for n in lens if n > 10)
+    assert 0 < n_trunc and st10["captions"]["tokens"]["truncated_share"] == round(n_trunc / len(caps), 6)
+
+
+def corrupt_copy(src: Path, dst: Path, *, bad_json_keys: int = 1) -> None:
+    """Copy a tar, replacing the JSON of the first `bad_json_keys` samples with invalid bytes."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    seen = 0
+    with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
+        for m in tin.getmembers():
+            data = tin.extractfile(m).read()
+            if m.name.endswith(".json") and seen < bad_json_keys:
+                data, seen = b"{not json", seen + 1
+            info = tarfile.TarInfo(m.name)
+            info.size = len(data)
+            tout.addfile(info, io.BytesIO(data))
+
+
+def test_corrupt_and_truncated_members_are_counted(corpus, tmp_path):
+    shard0 = corpus / "shards" / "00000.tar"
+    corrupt_copy(shard0, tmp_path / "bad" / "00000.tar", bad_json_keys=2)
+    data = shard0.read_bytes()
+    (tmp_path / "bad" / "00001.tar").write_bytes(data[: len(data) // 2])
+    st = compute_stats(str(tmp_path / "bad"), StatsConfig(workers=2)).stats
+    errs = st["read_errors"]
+    assert errs["skipped"]["bad_json"] == 2
+    assert errs["skipped"]["truncated_tar"] == 1
+    # 23 good samples of the first copy, plus whatever precedes the cut in the second.
+    assert 23 <= st["totals"]["images"] < 23 + 25
+    assert errs["examples"]
+
+
+def test_img2dataset_shards_sections_not_available(tmp_path):
+    tar = make_img2dataset_shard(tmp_path / "i2d" / "00000.tar", n=15)
+    paths = build_report(str(tmp_path / "i2d"), str(tmp_path / "report"), workers=1)
+    st = json.loads(Path(paths.stats).read_text())
+    assert st["totals"]["images"] == 15 and st["totals"]["pairs"] == 15
+    for section in ("sources", "funnel", "duplicates", "decontamination"):
+        assert st[section]["available"] is False and st[section]["note"], section
+    assert st["captions"]["tokens"]["available"] is False
+    widths = collections.Counter(str(s["meta"]["width"]) for s in read_tar(tar))
+    assert st["images"]["width"]["counts"] == dict(sorted(widths.items(), key=lambda kv: int(kv[0])))
+    page = Path(paths.html).read_text()
+    assert page.count("Section not available") >= 5
+
+
+def test_missing_dimensions_read_from_image_header(tmp_path):
+    """img2dataset rows without width/height (e.g. resize_mode=no): sizes come from the image itself."""
+    src = make_img2dataset_shard(tmp_path / "a" / "00000.tar", n=6)
+    dst = tmp_path / "b" / "00000.tar"
+    dst.parent.mkdir()
+    real = {}
+    with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
+        for m in tin.getmembers():
+            data = tin.extractfile(m).read()
+            if m.name.endswith(".json"):
+                meta = json.loads(data)
+                real[meta["key"]] = meta["width"]
+                meta["width"] = meta["height"] = None
+                data = json.dumps(meta).encode()
+            info = tarfile.TarInfo(m.name)
+            info.size = len(data)
+            tout.addfile(info, io.BytesIO(data))
+    st = compute_stats(str(dst), StatsConfig(workers=1)).stats
+    assert st["images"]["size_from_image_header"] == 6
+    assert st["images"]["width"]["counts"] == {str(k): v for k, v in sorted(collections.Counter(real.values()).items())}
+
+
+def test_cli_writes_both_files(corpus, tmp_path, capsys):
+    from curation.cli import main
+    assert main(["stats", str(corpus), "--out", str(tmp_path / "r"), "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "report:" in out and (tmp_path / "r" / "report.html").exists() and (tmp_path / "r" / "stats.json").exists()
+    assert main(["stats", str(tmp_path / "nothing-here"), "--out", str(tmp_path / "r2")]) == 2
+    assert "no shards at" in capsys.readouterr().err
+
+
+def test_decontamination_per_eval_set_from_drop_events(tmp_path):
+    """curate run's funnel only has reasons; the eval sets come from its OUT/dropped/*.jsonl events,
+    made here by the real decontamination functions."""
+    from curation.decontam import decontam_by_id, decontam_by_image
+    from curation.funnel import build_funnel
+    eval_ids = {42: ["coco_karpathy_test"], 7: ["coco_karpathy_test", "vqav2_val"]}
+    records = [{"uid": f"coco:{i}", "url": None, "rows": {"coco": 1}, "phash": "0" * 16,
+                "sources": [{"dataset": "coco", "id": str(i)}]} for i in (42, 7, 100)]
+    events = [ev for r in records for ev in decontam_by_id(r, eval_ids)[1]]
+    img_rec = {"uid": "cc3m:9", "url": "http://127.0.0.1/9.jpg", "rows": {"cc3m": 2}, "phash": "ffff0000ffff0000",
+               "sources": [{"dataset": "cc3m", "id": "9"}]}
+    from curation.dedup.phash import bands
+    index = {b: [("ffff0000ffff0001", "nocaps_val", "nocaps:1")] for b in bands(img_rec["phash"], 4)}
+    events += decontam_by_image(img_rec, index, 4, 4)[1]
+    assert len(events) == 3
+    out = make_corpus(tmp_path / "c", num_shards=1, per_shard=4, funnel=None)
+    (out / "dropped").mkdir()
+    (out / "dropped" / "dropped-00000-of-00001.jsonl").write_text(
+        "".join(json.dumps(e) + "\n" for e in events) + json.dumps(
+            {"stage": "fetch", "reason": "http_404", "kind": "record", "rows": {"coco": 1}}) + "\n")
+    ledger = {"in|coco": 10, "in|cc3m": 5, "kept|coco": 7, "kept|cc3m": 2,
+              "drop|decontam|eval_same_id|coco": 2, "drop|decontam_image|eval_near_duplicate|cc3m": 2,
+              "drop|fetch|http_404|coco": 1, "drop|fetch|http_404|cc3m": 1}
+    (out / "funnel.json").write_text(json.dumps(build_funnel(ledger, ["coco", "cc3m"])))
+    st = compute_stats(str(out), StatsConfig(workers=1)).stats
+    dec = st["decontamination"]
+    assert dec["per_eval_set"] == {"coco_karpathy_test": 2, "nocaps_val": 2, "vqav2_val": 1}
+    assert dec["records_per_eval_set"] == {"coco_karpathy_test": 2, "nocaps_val": 1, "vqav2_val": 1}
+    assert dec["by_reason"] == {"eval_same_id": 2, "eval_near_duplicate": 2}
+
+
+def test_cluster_size_from_curate_run_merges(tmp_path):
+    import random
+
+    from stats_corpus import make_sample
+
+    import shards
+    rng = random.Random(2)
+    samples = [make_sample(rng, f"u{i}") for i in range(6)]
+    for s in samples:
+        s.sources = s.sources[:1]
+        s.extra = {}
+    samples[0].extra = {"merged": ["cc3m:1", "cc3m:2", "cc12m:3", "vg:4"], "other_urls": ["http://127.0.0.1/a"]}
+    samples[1].extra = {"merged": ["cc3m:5"]}
+    shards.write_shard(str(tmp_path / "shards"), 0, samples)
+    st = compute_stats(str(tmp_path), StatsConfig(workers=1)).stats
+    dup = st["duplicates"]
+    assert dup["cluster_sizes"] == {"1": 4, "2": 1, "5": 1}
+    assert dup["records_merged_away"] == 5
+    assert dup["examples"][0]["merged"] == ["cc3m:1", "cc3m:2", "cc12m:3", "vg:4"]
+    assert dup["examples"][0]["other_urls"] == 1
