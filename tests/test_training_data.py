@@ -1,0 +1,172 @@
+"""The loader: sharding without overlap, exact positions, expansion, flips, corrupt data, fast decode."""
+import io
+import random
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from training.augment import decode_and_crop, jitter_flip_normalise, swap_left_right
+from training.data import Loader, ShardStream, StreamSpec, check_enough_shards, reader_shards
+from training.testing import make_corpus, make_jpeg, make_samples, train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    shards = make_corpus(root / "shards", num_shards=4, per_shard=6)
+    tok = train_tokenizer(root / "tok.model")
+    return shards, tok
+
+
+def spec(shards, tok, **kw):
+    base = dict(shards=shards, stage="fusion", seed=3, rank=0, world_size=1, readers_per_rank=1, micro_batch=4,
+                image_size=32, max_tokens=77, shuffle_buffer=8, tokenizer=tok)
+    base.update(kw)
+    return StreamSpec(**base)
+
+
+def epoch_items(s: StreamSpec, reader_local=0, epoch=0):
+    """(text, image key) of each sample of one epoch of one reader, in order."""
+    stream = ShardStream(s, positions=[(epoch, 0)] * s.readers_per_rank)
+    out, counts = [], {}
+    for sample, ep, _, counters in stream.reader_stream(reader_local):
+        if ep != epoch:
+            break
+        out.append((sample["text"], sample["key"]))
+        counts = dict(counters)
+    return out, counts
+
+
+def test_hflip_swaps_left_right_on_word_boundaries():
+    assert swap_left_right("Left of the bright copyright sign, right of the LEFT door") == \
+        "Right of the bright copyright sign, left of the RIGHT door"
+    assert swap_left_right("bright copyright leftover righteous") == "bright copyright leftover righteous"
+
+
+def test_flipped_samples_carry_swapped_text(corpus):
+    shards, tok = corpus
+    captions = {c for s in make_samples(6, seed=0) for c in s.captions}   # shard 0's captions
+    flipped, _ = epoch_items(spec(shards[:1], tok, hflip=1.0, include_qa=False))
+    kept, _ = epoch_items(spec(shards[:1], tok, hflip=0.0, include_qa=False))
+    assert {t for t, _ in kept} == captions
+    assert {t for t, _ in flipped} == {swap_left_right(c) for c in captions}
+    assert all(("left" in t) != ("left" in swap_left_right(t)) for t, _ in flipped)
+
+
+def test_every_caption_and_qa_pair_is_a_sample_and_tokens_fit(corpus):
+    shards, tok = corpus
+    items, _ = epoch_items(spec(shards, tok))
+    assert len(items) == 4 * 6 * (2 + 1)
+    batch = next(iter(ShardStream(spec(shards, tok))))
+    assert batch["input_ids"].shape == (4, 77) and batch["image"].dtype == torch.uint8
+    assert batch["image"].shape == (4, 3, 32, 32)
+    assert (batch["itc_mask"] == ~batch["is_vqa"]).all()
+    assert batch["loss_mask"][:, 0].sum() == 0 and (batch["loss_mask"] <= batch["attention_mask"]).all()
+
+
+def test_readers_split_shards_and_samples_without_overlap(corpus):
+    shards, tok = corpus
+    parts = [reader_shards(shards, seed=3, epoch=0, reader=r, num_readers=4) for r in range(4)]
+    assert sorted(p for part in parts for p in part) == sorted(shards)
+    ranks = [epoch_items(spec(shards, tok, rank=r, world_size=2, hflip=0.0))[0] for r in range(2)]
+    assert len(ranks[0]) + len(ranks[1]) == 4 * 6 * 3
+    keys = [{k for _, k in items} for items in ranks]
+    assert keys[0].isdisjoint(keys[1]) and len(keys[0] | keys[1]) == 4 * 6
+    everything, _ = epoch_items(spec(shards, tok, hflip=0.0))
+    assert sorted(ranks[0] + ranks[1]) == sorted(everything)
+
+
+def test_order_is_deterministic_per_seed_and_epoch(corpus):
+    shards, tok = corpus
+    a, _ = epoch_items(spec(shards, tok, hflip=0.0))
+    b, _ = epoch_items(spec(shards, tok, hflip=0.0))
+    c, _ = epoch_items(spec(shards, tok, hflip=0.0), epoch=1)
+    d, _ = epoch_items(spec(shards, tok, hflip=0.0, seed=4))
+    assert a == b
+    assert a != c and sorted(a) == sorted(c)
+    assert a != d
+
+
+def test_loader_resume_with_two_workers_is_exact(corpus):
+    shards, tok = corpus
+    s = spec(shards, tok, readers_per_rank=2, micro_batch=5)
+    straight = Loader(s, num_workers=2)
+    first = [next(straight) for _ in range(7)]
+    state = straight.state_dict()
+    rest = [next(straight) for _ in range(5)]
+    # positions cross an epoch boundary: 2 readers x 36 samples, 35 consumed
+    assert state["next_reader"] == 1 and len(state["positions"]) == 2
+    resumed = Loader(s, num_workers=2, state=state)
+    again = [next(resumed) for _ in range(5)]
+    for x, y in zip(rest, again):
+        assert torch.equal(x["image"], y["image"]) and torch.equal(x["input_ids"], y["input_ids"])
+        assert torch.equal(x["jitter"], y["jitter"]) and x["text"] == y["text"]
+    assert len({tuple(b["text"]) for b in first + rest}) == 12
+    with pytest.raises(ValueError, match="same data.num_workers"):
+        Loader(s, num_workers=2, state={"positions": [[0, 0]], "next_reader": 0})
+
+
+def test_fewer_shards_than_readers_is_an_error_before_starting(corpus):
+    shards, tok = corpus
+    with pytest.raises(ValueError, match="4 shard\\(s\\) for 6 readers"):
+        Loader(spec(shards, tok, world_size=3, readers_per_rank=2), num_workers=2)
+    check_enough_shards(4, world_size=2, readers_per_rank=2)
+
+
+def test_corrupt_sample_and_truncated_shard_are_skipped_and_counted(tmp_path, corpus):
+    _, tok = corpus
+    good = make_corpus(tmp_path / "s", num_shards=2, per_shard=4, qa_per_image=0)
+    # a shard whose tar is cut mid-way: its first samples stay readable, the rest is counted
+    whole = Path(good[1]).read_bytes()
+    Path(good[1]).write_bytes(whole[: len(whole) // 2 + 100])
+    # a sample whose image bytes are not an image
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(bad, "w") as tar:
+        for name, data in (("k1.jpg", b"not a jpeg at all"), ("k1.json", b'{"captions": ["a dog"]}'),
+                           ("k2.jpg", make_jpeg(random.Random(0), 40, 30)), ("k2.json", b'{"captions": ["a cat"]}')):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    s = spec([good[0], good[1], str(bad)], tok, shuffle_buffer=1)
+    items, counters = epoch_items(s)
+    assert counters["bad_image"] == 1
+    assert counters["corrupt_shard"] == 1
+    texts = [t for t, _ in items]
+    assert "a cat" in texts and "a dog" not in texts
+    assert 4 * 2 + 1 < len(items) < 4 * 2 * 2 + 1     # shard 0 whole, part of shard 1, one of bad.tar
+
+
+def test_only_corrupt_shards_raise_instead_of_hanging(tmp_path, corpus):
+    _, tok = corpus
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"\0garbage" * 100)
+    with pytest.raises(RuntimeError, match="no readable samples"):
+        next(iter(ShardStream(spec([str(junk)], tok))))
+
+
+def test_fast_decode_sees_the_same_region_as_full_decode():
+    rng = random.Random(1)
+    data = make_jpeg(rng, 640, 480, quality=95)
+    fast = decode_and_crop(data, 112, rng=random.Random(5), fast_decode=True).float()
+    full = decode_and_crop(data, 112, rng=random.Random(5), fast_decode=False).float()
+    assert fast.shape == full.shape == (3, 112, 112)
+    assert (fast - full).abs().mean() < 6.0          # same crop; only resampling differs
+    other = decode_and_crop(data, 112, rng=random.Random(6), fast_decode=False).float()
+    assert (other - full).abs().mean() > (fast - full).abs().mean()
+    img = Image.open(io.BytesIO(data))
+    img.draft("RGB", (160, 120))
+    assert img.size[0] < 640                          # draft really decodes at reduced size
+
+
+def test_device_jitter_flip_normalise():
+    imgs = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    ident = torch.ones(2, 3)
+    out = jitter_flip_normalise(imgs, torch.tensor([False, True]), ident, [0.5] * 3, [0.5] * 3)
+    ref = imgs.float() / 255 * 2 - 1
+    assert torch.allclose(out[0], ref[0], atol=1e-6)
+    assert torch.allclose(out[1], ref[1].flip(-1), atol=1e-6)
+    dark = jitter_flip_normalise(imgs, torch.tensor([False, False]), torch.tensor([[0.5, 1, 1]] * 2), [0] * 3, [1] * 3)
+    assert torch.allclose(dark, imgs.float() / 255 * 0.5, atol=1e-6)

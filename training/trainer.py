@@ -1,0 +1,310 @@
+"""A training run from a RunConfig: set up, resume, loop over `train_step`, log, evaluate, checkpoint.
+
+Runs inside every process torchrun starts (`python -m training.worker`); also runs as a single
+process without torchrun. Set-up is split into small functions so each can be read on its own.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from training import checkpoint as ckpt_lib
+from training.augment import jitter_flip_normalise
+from training.config import RunConfig
+from training.data import Loader, ShardStream, StreamSpec, check_enough_shards, mix_seed
+from training.loop import train_step
+from training.metrics import MetricsLogger, device_peak_flops, peak_memory_mb
+from training.optim import build_optimizer, lr_at
+from training.plan import micro_batch_for
+
+log = logging.getLogger("training")
+
+
+# -- set-up pieces ------------------------------------------------------------------------------------
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device). NCCL + one GPU per process when CUDA exists, else gloo on CPU."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return rank, world, device
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def resolve_model_config(cfg: RunConfig):
+    """ModelConfig of the run; the vocabulary follows the tokenizer unless model.overrides sets it."""
+    from training.model import ModelConfig
+    overrides = dict(cfg.model.overrides)
+    tok = None
+    if cfg.stage == "fusion":
+        from training.tokenizer import Tokenizer
+        tok = Tokenizer.load(cfg.init.tokenizer)
+        overrides.setdefault("vocab_size", tok.vocab_size)
+    mcfg = ModelConfig.preset(cfg.model.preset, **overrides)
+    if tok is not None and tok.vocab_size > mcfg.vocab_size:
+        raise ValueError(f"tokenizer {cfg.init.tokenizer} has {tok.vocab_size} pieces but model.overrides.vocab_size "
+                         f"is {mcfg.vocab_size}; ids past the embedding table would crash")
+    if cfg.stage == "fusion" and cfg.data.max_tokens > mcfg.max_len:
+        raise ValueError(f"data.max_tokens={cfg.data.max_tokens} exceeds the model's max_len={mcfg.max_len}")
+    return mcfg, tok
+
+
+def build_model(cfg: RunConfig, mcfg):
+    import training.model as tm
+    if cfg.stage == "mae":
+        return tm.MAEPretrainer(mcfg)
+    model = tm.FusionModel(mcfg)
+    if cfg.init.mae_encoder:
+        model.load_mae_encoder(ckpt_lib.load_weights(cfg.init.mae_encoder))
+        log.info("vision tower initialised from MAE encoder %s", cfg.init.mae_encoder)
+    if cfg.init.llm_checkpoint:
+        loader = getattr(tm, "load_llama_text_tower", None)
+        if loader is None:
+            raise RuntimeError("init.llm_checkpoint is set but training.model has no load_llama_text_tower")
+        loader(model, cfg.init.llm_checkpoint)
+        log.info("text tower initialised from %s", cfg.init.llm_checkpoint)
+    return model
+
+
+def parallelize(model, cfg: RunConfig, device: torch.device, world: int):
+    if world == 1:
+        return model
+    if cfg.train.parallel == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        scalars = [n for n, p in model.named_parameters() if p.ndim == 0]
+        if scalars:
+            raise ValueError(f"train.parallel = \"fsdp\": FSDP2 cannot shard 0-d parameters {scalars}; "
+                             "use train.parallel = \"ddp\" (or make them 1-element tensors in the model)")
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if amp_dtype(cfg, device) is not None else MixedPrecisionPolicy()
+        # shard each transformer block on its own so only one block is gathered at a time
+        for m in list(model.modules()):
+            if isinstance(m, torch.nn.ModuleList):
+                for block in m:
+                    fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+        return model
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+               find_unused_parameters=cfg.train.find_unused_parameters)
+
+
+def amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.train.precision != "bf16":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cfg.train.cpu_bf16 else None
+
+
+def stream_spec(cfg: RunConfig, *, shards: list[str], rank: int, world: int, micro_batch: int, image_size: int,
+                train: bool = True) -> StreamSpec:
+    a, d = cfg.augment, cfg.data
+    return StreamSpec(
+        shards=shards, stage=cfg.stage, seed=cfg.seed, rank=rank, world_size=world,
+        readers_per_rank=max(1, d.num_workers) if train else 1, micro_batch=micro_batch,
+        image_size=image_size, max_tokens=d.max_tokens, shuffle_buffer=d.shuffle_buffer,
+        include_captions=d.include_captions, include_qa=d.include_qa,
+        tokenizer=str(Path(cfg.init.tokenizer).resolve()) if cfg.init.tokenizer else "", train=train,
+        crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio), hflip=a.hflip,
+        brightness=a.brightness, contrast=a.contrast, saturation=a.saturation, fast_decode=a.fast_decode)
+
+
+def to_device(batch: dict, device: torch.device, cfg: RunConfig) -> dict:
+    """Loader batch (uint8 crops + per-sample flip/jitter) -> model batch; augmentation finishes here."""
+    nb = device.type == "cuda"
+    out = {"image": jitter_flip_normalise(batch["image"].to(device, non_blocking=nb),
+                                          batch["flip"].to(device), batch["jitter"].to(device),
+                                          cfg.augment.mean, cfg.augment.std)}
+    for k in ("input_ids", "attention_mask", "loss_mask", "itc_mask", "is_vqa"):
+        if k in batch:
+            out[k] = batch[k].to(device, non_blocking=nb)
+    return out
+
+
+# -- evaluation ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model, cfg: RunConfig, *, shards: list[str], tokenizer, image_size: int, device, micro_batch: int,
+             amp: torch.dtype | None) -> dict:
+    """Loss on the first eval.num_batches batches of the eval shards (same slice every time) and a few
+    generated captions. Every rank runs it on the same data (FSDP needs all ranks in each forward)."""
+    spec = stream_spec(cfg, shards=shards, rank=0, world=1, micro_batch=micro_batch, image_size=image_size,
+                       train=False)
+    inner = ckpt_lib.unwrap(model)
+    inner.eval()
+    losses: dict[str, list[float]] = {}
+    captions = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):   # leave training RNG as it was
+        for i, batch in enumerate(ShardStream(spec)):
+            if i >= cfg.eval.num_batches:
+                break
+            mb = to_device(batch, device, cfg)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                out = inner(mb)
+            for k, v in out.items():
+                if torch.is_tensor(v) and v.ndim == 0 and k != "itc_scale":
+                    losses.setdefault(k, []).append(float(v))
+            if i == 0 and cfg.stage == "fusion" and tokenizer is not None and cfg.eval.num_captions:
+                caption_rows = [j for j in range(len(batch["text"])) if bool(batch["itc_mask"][j])]
+                rows = caption_rows[: cfg.eval.num_captions]
+                if rows:
+                    gen = inner.generate(mb["image"][rows], [[tokenizer.bos_id]] * len(rows),
+                                         max_new_tokens=cfg.eval.max_new_tokens, eos_id=tokenizer.eos_id)
+                    captions = [{"reference": batch["text"][j], "generated": tokenizer.decode(g)}
+                                for j, g in zip(rows, gen)]
+    inner.train()
+    result = {f"{k}_loss" if k != "loss" else "loss": sum(v) / len(v) for k, v in losses.items() if v}
+    return {"eval": result, "captions": captions}
+
+
+# -- the run ------------------------------------------------------------------------------------------
+def run(cfg: RunConfig) -> dict:
+    from shards import resolve_shards
+
+    rank, world, device = init_distributed()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(cfg, rank, world, device, resolve_shards)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(cfg: RunConfig, rank: int, world: int, device: torch.device, resolve_shards) -> dict:
+    micro = micro_batch_for(cfg, world)
+    accum = cfg.batch.grad_accum
+    shards = resolve_shards(cfg.data.shards)
+    check_enough_shards(len(shards), world_size=world, readers_per_rank=max(1, cfg.data.num_workers))
+    run_dir = Path(cfg.run_dir)
+
+    seed_everything(cfg.seed)                      # identical initial weights on every rank
+    mcfg, tokenizer = resolve_model_config(cfg)
+    model = build_model(cfg, mcfg).to(device)
+    model.train()
+    model = parallelize(model, cfg, device, world)
+    optimizer = build_optimizer(model, cfg.optim, fused=device.type == "cuda")
+    seed_everything(mix_seed(cfg.seed, "rank", rank))   # per-rank streams (dropout, MAE masks)
+    amp = amp_dtype(cfg, device)
+
+    step, skipped_steps, data_state = 0, 0, None
+    resume_from = None
+    if cfg.checkpoint.resume == "auto":
+        resume_from = ckpt_lib.list_checkpoints(run_dir)[-1] if ckpt_lib.list_checkpoints(run_dir) else None
+    elif cfg.checkpoint.resume != "none":
+        resume_from = ckpt_lib.resolve(cfg.checkpoint.resume)
+    if resume_from is not None:
+        train_state, rank_state = ckpt_lib.load(resume_from, model=model, optimizer=optimizer)
+        step, skipped_steps, data_state = train_state["step"], train_state["skipped_steps"], rank_state["data"]
+        log.info("resumed from %s at step %d", resume_from, step)
+
+    loader = Loader(stream_spec(cfg, shards=shards, rank=rank, world=world, micro_batch=micro,
+                                image_size=mcfg.image_size),
+                    num_workers=cfg.data.num_workers, prefetch_factor=cfg.data.prefetch_factor,
+                    pin_memory=device.type == "cuda", state=data_state)
+    eval_shards = resolve_shards(cfg.eval.shards) if cfg.eval.shards else []
+
+    total = cfg.schedule.total_steps
+    end = min(cfg.train.stop_at_step or total, total)
+    metrics = MetricsLogger(run_dir, rank=rank, total_steps=total, start_step=step,
+                            tensorboard=cfg.logging.tensorboard, progress=cfg.logging.progress,
+                            print_every=cfg.logging.every_steps)
+    flops = _flops_per_sample(mcfg, cfg)
+    device_name, peak = device_peak_flops(device)
+    config_record = {**cfg.to_dict(), "model": mcfg.to_dict(), "model_spec": cfg.to_dict()["model"],
+                     "tokenizer": str(Path(cfg.init.tokenizer).resolve()) if cfg.init.tokenizer else "",
+                     "world_size": world, "micro_batch": micro, "device": device_name}
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config_record, indent=1, sort_keys=True))
+        log.info("stage %s, world %d x micro-batch %d x accum %d = global %d, device %s, amp %s, %d params",
+                 cfg.stage, world, micro, accum, micro * world * accum, device_name, amp,
+                 sum(p.numel() for p in model.parameters()))
+
+    def save_checkpoint():
+        ckpt_lib.save(run_dir, step, model=model, optimizer=optimizer,
+                      train_state={"skipped_steps": skipped_steps,
+                                   "scheduler": {"step": step, "lr": lr_at(step, cfg.optim.lr, cfg.schedule)}},
+                      rank_state={"data": loader.state_dict()}, config=config_record,
+                      tokenizer_path=config_record["tokenizer"], keep_last=cfg.checkpoint.keep_last)
+
+    last_saved = step
+    while step < end:
+        t_start = time.perf_counter()
+        wait = 0.0
+        micro_batches = []
+        for _ in range(accum):
+            t = time.perf_counter()
+            batch = next(loader)
+            wait += time.perf_counter() - t
+            micro_batches.append(to_device(batch, device, cfg))
+        result = train_step(model, optimizer, micro_batches, lr=lr_at(step, cfg.optim.lr, cfg.schedule),
+                            clip_norm=cfg.train.clip_norm, amp_dtype=amp)
+        step += 1
+        tokens = _count_tokens(micro_batches, cfg, mcfg, device)
+        dt = time.perf_counter() - t_start
+        skipped_steps += int(result.skipped)
+        samples_per_s = micro * accum * world / dt
+        record = {"step": step, "loss": result.loss, **result.parts, "lr": result.lr, "grad_norm": result.grad_norm,
+                  "skipped": result.skipped, "skipped_steps": skipped_steps, "samples_per_s": samples_per_s,
+                  "tokens_per_s": tokens / dt, "data_wait": wait / dt,
+                  "mfu": (flops * samples_per_s / world / peak) if (peak and flops) else None,
+                  "peak_mem_mb": peak_memory_mb(device), "data_skipped": loader.skipped_total(),
+                  "time": time.time()}
+        metrics.log(record)
+        if skipped_steps > cfg.train.max_skipped_steps:
+            raise RuntimeError(f"{skipped_steps} steps had a non-finite loss or gradient norm "
+                               f"(train.max_skipped_steps={cfg.train.max_skipped_steps}); stopping")
+        if eval_shards and (step % cfg.eval.every_steps == 0 or step == total):
+            metrics.log({"step": step, **evaluate(model, cfg, shards=eval_shards, tokenizer=tokenizer,
+                                                  image_size=mcfg.image_size, device=device, micro_batch=micro,
+                                                  amp=amp)})
+        if step % cfg.checkpoint.every_steps == 0 or step == end:
+            save_checkpoint()
+            last_saved = step
+    if last_saved != step:
+        save_checkpoint()
+    metrics.close()
+    if rank == 0:
+        log.info("done at step %d; metrics: %s; checkpoints: %s", step, metrics.path, run_dir / "checkpoints")
+    return {"step": step, "metrics": str(metrics.path), "checkpoints": str(run_dir / "checkpoints")}
+
+
+def _count_tokens(micro_batches, cfg, mcfg, device) -> float:
+    """Tokens this step on all ranks: real text tokens (fusion) or visible patches (MAE)."""
+    if cfg.stage == "fusion":
+        local = sum(mb["attention_mask"].sum() for mb in micro_batches).float()
+    else:
+        local = torch.tensor(float(sum(mb["image"].shape[0] for mb in micro_batches) * mcfg.num_visible_patches),
+                             device=device)
+    if dist.is_initialized():
+        local = local.clone()
+        dist.all_reduce(local)
+    return float(local)
+
+
+def _flops_per_sample(mcfg, cfg) -> float | None:
+    with contextlib.suppress(ImportError, AttributeError):
+        from training.model import flops_per_sample
+        return float(flops_per_sample(mcfg, stage=cfg.stage, seq_len=cfg.data.max_tokens))
+    return None
