@@ -1,0 +1,197 @@
+"""VQAv2 accuracy: the official rules on hand-computed cases, and the vqa-scores command on files."""
+import json
+
+import pytest
+
+from eval.cli import main
+from eval.vqa_metrics import (
+    normalize_answer,
+    process_digit_article,
+    process_punctuation,
+    question_accuracy,
+    vqa_scores,
+)
+
+
+def ten(*pairs):
+    """ten(("2", 9), ("3", 1)) -> the ten human answers."""
+    out = [a for a, n in pairs for _ in range(n)]
+    assert len(out) == 10
+    return out
+
+
+# ---- the leave-one-out formula: mean over 10 subsets of min(1, matches/3)
+
+def test_two_of_ten_scores_point_six():
+    # dropping one of the 2 matching annotators leaves 1 match (1/3), 2 times; otherwise 2 matches (2/3), 8 times
+    assert question_accuracy("red", ten(("red", 2), ("blue", 8))) == pytest.approx((2 * 1 / 3 + 8 * 2 / 3) / 10)
+    assert question_accuracy("red", ten(("red", 2), ("blue", 8))) == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("matches, expected", [
+    (0, 0.0),
+    (1, 0.3),    # 9 subsets keep the match: 9 * 1/3 / 10
+    (3, 0.9),    # 3 subsets keep 2 matches (2/3), 7 keep 3 (1)
+    (4, 1.0),    # every subset keeps >= 3
+    (10, 1.0),
+])
+def test_match_counts(matches, expected):
+    answers = ten(("cat", matches), ("dog", 10 - matches)) if matches < 10 else ["cat"] * 10
+    assert question_accuracy("cat", answers) == pytest.approx(expected)
+
+
+# ---- normalisation only when the humans disagree
+
+def test_agreeing_humans_are_not_normalised():
+    assert question_accuracy("two", ["2"] * 10) == 0.0
+    assert question_accuracy("Yes", ["yes"] * 10) == 0.0        # no lower-casing either
+    assert question_accuracy("2", ["2"] * 10) == 1.0
+
+
+def test_disagreeing_humans_normalise_both_sides():
+    # "two" -> "2" matches the nine "2"s: every subset keeps >= 8 matches
+    assert question_accuracy("two", ten(("2", 9), ("3", 1))) == 1.0
+    assert question_accuracy("Yes.", ten(("yes", 5), ("no", 5))) == 1.0
+    # "the dog" loses its article and matches the five "dog" (and the five "a dog")
+    assert question_accuracy("the dog", ten(("dog", 5), ("a dog", 5))) == 1.0
+
+
+def test_whitespace_is_always_cleaned():
+    assert question_accuracy(" 2\n", ["2"] * 10) == 1.0
+    assert question_accuracy("2", ["2\t"] * 9 + [" 2"]) == 1.0   # identical once stripped: still "agreeing"
+
+
+# ---- the answer processing rules
+
+@pytest.mark.parametrize("text, expected", [
+    ("black/white", "black white"),        # punctuation with no space next to it -> space
+    ("left - right", "left  right"),       # punctuation next to a space -> removed
+    ("1,000", "1000"),                     # comma between digits: all punctuation removed
+    ("1,000 (approx)", "1000 approx"),     # ... everywhere in the answer, not only in the number
+    ("a,b", "a b"),
+    ("yes.", "yes"),                       # periods not followed by a digit are removed
+    ("3.5", "3.5"),                        # the decimal point stays
+    ("mr. t's", "mr t's"),                 # apostrophes are not punctuation here
+    ("what?!", "what  "),
+])
+def test_process_punctuation(text, expected):
+    assert process_punctuation(text) == expected
+
+
+def test_period_rule_caps_at_32_removals_like_the_official_call():
+    # The official code passes re.UNICODE (32) as the `count` of re.sub.
+    assert process_punctuation("." * 40) == "." * 8
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Two Dogs", "2 dogs"),
+    ("none", "0"),
+    ("ten", "10"),
+    ("eleven", "eleven"),                  # the table stops at ten
+    ("the  cat   and a an dog", "cat and dog"),
+    ("dont", "don't"),
+    ("Isnt it", "isn't it"),
+    ("somebody'd", "somebodyd"),           # the official table's reversed entry
+    ("Im", "im"),                          # capitalised keys can never match after lower-casing
+])
+def test_process_digit_article(text, expected):
+    assert process_digit_article(text) == expected
+
+
+def test_normalize_answer_chains_both():
+    assert normalize_answer("The two dogs.") == "2 dogs"
+    assert normalize_answer("Doesnt it?") == "doesn't it"
+
+
+# ---- corpus report
+
+def annotations_fixture():
+    return {"annotations": [
+        {"question_id": 1, "image_id": 10, "answer_type": "yes/no", "question_type": "is the",
+         "answers": [{"answer": "yes", "answer_id": k} for k in range(1, 11)]},
+        {"question_id": 2, "image_id": 10, "answer_type": "number", "question_type": "how many",
+         "answers": [{"answer": a, "answer_id": k + 1} for k, a in enumerate(ten(("2", 2), ("3", 8)))]},
+        {"question_id": 3, "image_id": 11, "answer_type": "other", "question_type": "what color is the",
+         "answers": [{"answer": "red", "answer_id": k} for k in range(1, 11)]},
+        {"question_id": 4, "image_id": 11, "answer_type": "other", "question_type": "what color is the",
+         "answers": [{"answer": a, "answer_id": k + 1} for k, a in enumerate(ten(("blue", 1), ("navy", 9)))]},
+    ]}
+
+
+def questions_fixture():
+    return {"questions": [{"question_id": q, "image_id": 10 + (q > 2), "question": f"q{q}?"} for q in (1, 2, 3, 4)]}
+
+
+def test_vqa_scores_report_in_percent():
+    results = [{"question_id": 1, "answer": "yes"},     # 1.0
+               {"question_id": 2, "answer": "two"},     # humans disagree -> "2": 2 of 10 -> 0.6
+               {"question_id": 3, "answer": "Red"},     # humans agree, exact compare -> 0
+               {"question_id": 4, "answer": "blue"}]    # 1 of 10 -> 0.3
+    s = vqa_scores(results, annotations_fixture(), questions_fixture())
+    assert s["overall"] == round(100 * (1.0 + 0.6 + 0.0 + 0.3) / 4, 2) == 47.5
+    assert s["perAnswerType"] == {"number": 60.0, "other": 15.0, "yes/no": 100.0}
+    assert s["perQuestionType"] == {"how many": 60.0, "is the": 100.0, "what color is the": 15.0}
+    assert s["num_questions"] == 4
+
+
+def test_missing_and_extra_question_ids_are_named():
+    results = [{"question_id": 1, "answer": "yes"}, {"question_id": 3, "answer": "red"},
+               {"question_id": 99, "answer": "x"}]
+    with pytest.raises(ValueError) as e:
+        vqa_scores(results, annotations_fixture())
+    msg = str(e.value)
+    assert "no answer for question ids 2, 4 (2 in all)" in msg
+    assert "99" in msg
+
+
+def test_duplicate_answers_and_bad_types_are_rejected():
+    results = [{"question_id": q, "answer": "x"} for q in (1, 2, 3, 4)] + [{"question_id": 2, "answer": "y"}]
+    with pytest.raises(ValueError, match="more than once: 2"):
+        vqa_scores(results, annotations_fixture())
+    with pytest.raises(ValueError, match="must be a string"):
+        vqa_scores([{"question_id": 1, "answer": 2}], annotations_fixture())
+
+
+def test_questions_file_must_match_annotations():
+    qs = questions_fixture()
+    qs["questions"].pop()
+    results = [{"question_id": q, "answer": "x"} for q in (1, 2, 3, 4)]
+    with pytest.raises(ValueError, match="in annotations only: 4"):
+        vqa_scores(results, annotations_fixture(), qs)
+
+
+def test_vqa_scores_command_writes_json_and_prints_table(tmp_path, capsys):
+    paths = {}
+    for name, obj in (("results", [{"question_id": 1, "answer": "yes"}, {"question_id": 2, "answer": "2"},
+                                   {"question_id": 3, "answer": "red"}, {"question_id": 4, "answer": "navy"}]),
+                      ("questions", questions_fixture()), ("annotations", annotations_fixture())):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(obj))
+    out = tmp_path / "sub" / "scores.json"
+    rc = main(["vqa-scores", "--results", str(paths["results"]), "--questions", str(paths["questions"]),
+               "--annotations", str(paths["annotations"]), "--out", str(out)])
+    assert rc == 0
+    scores = json.loads(out.read_text())
+    assert scores["overall"] == 90.0  # 1 + 0.6 + 1 + 1
+    assert scores["perAnswerType"]["number"] == 60.0
+    printed = capsys.readouterr().out
+    assert "Overall accuracy: 90.00" in printed and "how many" in printed
+
+
+def test_vqa_scores_command_names_missing_questions(tmp_path, capsys):
+    (tmp_path / "r.json").write_text(json.dumps([{"question_id": 1, "answer": "yes"}]))
+    (tmp_path / "q.json").write_text(json.dumps(questions_fixture()))
+    (tmp_path / "a.json").write_text(json.dumps(annotations_fixture()))
+    rc = main(["vqa-scores", "--results", str(tmp_path / "r.json"), "--questions", str(tmp_path / "q.json"),
+               "--annotations", str(tmp_path / "a.json"), "--out", str(tmp_path / "s.json")])
+    assert rc == 2
+    assert "no answer for question ids 2, 3, 4" in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.parametrize("verb", ["caption-scores", "vqa-scores", "caption", "vqa"])
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([verb, "--help"])
+    assert e.value.code == 0
+    assert "--out" in capsys.readouterr().out
