@@ -2,6 +2,7 @@
 bf16 autocast, config validation."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from training.model import FusionModel, MAEPretrainer, ModelConfig
+from training.model.fusion import info_nce
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -197,6 +199,71 @@ def test_every_parameter_gets_a_gradient_even_without_contrastive_rows():
     out["loss"].backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None]
     assert missing == []
+
+
+def _reference_info_nce(img, txt, scale, itc_mask, image_id):
+    """Loop form: the candidates of image i are the marked texts of other pictures plus its own caption
+    (and symmetrically for texts); loss = -log softmax of the own pair, averaged over both directions."""
+    rows = [i for i in range(len(img)) if itc_mask[i]]
+    total = 0.0
+    for i in rows:
+        for a, b in ((img, txt), (txt, img)):
+            cand = [j for j in rows if j == i or image_id[j] != image_id[i]]
+            logits = torch.stack([scale * a[i] @ b[j] for j in cand])
+            total += -(logits[cand.index(i)] - torch.logsumexp(logits, 0)) / 2
+    return total / len(rows)
+
+
+def test_captions_of_the_same_image_are_not_negatives_of_each_other():
+    # two captions of picture A (rows 0, 1) and one of picture B, every pair perfectly aligned: only the
+    # duplicate can make the loss non-zero, and with image ids it no longer does
+    e = torch.eye(4)
+    img, txt, s = e[[0, 0, 1]], e[[0, 0, 1]], torch.tensor(10.0)
+    mask = torch.ones(3, dtype=torch.bool)
+    without_ids = info_nce(img, txt, s, mask)
+    with_ids = info_nce(img, txt, s, mask, torch.tensor([5, 5, 9]))
+    torch.testing.assert_close(without_ids, torch.tensor(
+        (2 * math.log(2 + math.exp(-10)) + math.log(1 + 2 * math.exp(-10))) / 3))
+    torch.testing.assert_close(with_ids, torch.tensor(
+        (2 * math.log(1 + math.exp(-10)) + math.log(1 + 2 * math.exp(-10))) / 3))
+
+    # random (two crops of one image differ), with an unmarked VQA row sharing an id: the loop reference
+    g = torch.Generator().manual_seed(3)
+    img = F.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    ids = torch.tensor([1, 2, 1, 3, 2, 1])
+    mask = torch.tensor([True, True, True, True, True, False])
+    got = info_nce(img, txt, torch.tensor(7.0), mask, ids)
+    torch.testing.assert_close(got, _reference_info_nce(img, txt, 7.0, mask, ids))
+    distinct = torch.arange(6)
+    torch.testing.assert_close(info_nce(img, txt, torch.tensor(7.0), mask, distinct),
+                               _reference_info_nce(img, txt, 7.0, mask, distinct))
+
+
+def test_model_itc_with_image_ids():
+    model = _model()
+    batch = _caption_batch(batch=4)
+    batch["image"][1] = batch["image"][0]  # rows 0 and 1: two captions of one image
+    with torch.no_grad():
+        plain = model(batch)["itc"]
+        assert torch.equal(model(dict(batch, image_id=torch.tensor([10, 11, 12, 13])))["itc"], plain)
+        dup = model(dict(batch, image_id=torch.tensor([10, 10, 12, 13])))["itc"]
+    # the duplicate left both softmax denominators: strictly less to push against
+    assert dup < plain - 1e-4
+
+
+def test_logit_scale_is_one_element_and_0d_checkpoints_still_load():
+    model = _model()
+    assert model.logit_scale.shape == (1,)  # FSDP2 shards along dim 0; a 0-d parameter cannot be sharded
+    torch.testing.assert_close(model.logit_scale, torch.tensor([math.log(1 / 0.07)]))
+    old = {k: v.clone() for k, v in model.state_dict().items()}
+    old["logit_scale"] = torch.tensor(2.5)  # as written before the change
+    fresh = _model()
+    fresh.load_state_dict(old, strict=True)
+    assert fresh.logit_scale.shape == (1,) and fresh.logit_scale.item() == 2.5
+    with torch.no_grad():
+        out = fresh(_caption_batch())
+    assert out["itc_scale"].shape == () and out["itc_scale"].item() == pytest.approx(math.exp(2.5))
 
 
 def test_tied_head_is_stored_once():

@@ -67,6 +67,16 @@ def test_every_caption_and_qa_pair_is_a_sample_and_tokens_fit(corpus):
     assert batch["loss_mask"][:, 0].sum() == 0 and (batch["loss_mask"] <= batch["attention_mask"]).all()
 
 
+def test_rows_of_one_image_share_an_image_id(corpus):
+    # no shuffle: the 2 captions + 1 QA pair of each image arrive next to each other, so a batch of 6 holds
+    # exactly two images, three rows each
+    shards, tok = corpus
+    batch = next(iter(ShardStream(spec(shards[:1], tok, shuffle_buffer=1, micro_batch=6))))
+    ids, keys = batch["image_id"], batch["key"]
+    assert ids.dtype == torch.int64 and ids.shape == (6,) and len(set(keys)) == 2
+    assert all((ids[i] == ids[j]).item() == (keys[i] == keys[j]) for i in range(6) for j in range(6))
+
+
 def test_readers_split_shards_and_samples_without_overlap(corpus):
     shards, tok = corpus
     parts = [reader_shards(shards, seed=3, epoch=0, reader=r, num_readers=4) for r in range(4)]

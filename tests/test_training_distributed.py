@@ -1,5 +1,6 @@
 """The distributed maths of `train_step`: accumulation + DDP == one big batch, no all-reduce on
-accumulation micro-steps, identical parameters on every rank, clipping, non-finite skips.
+accumulation micro-steps, identical parameters on every rank, clipping, non-finite skips; the fusion
+stage under FSDP takes the same steps as under DDP.
 
 The 2-process half runs this file under torchrun (gloo on CPU): `python -m torch.distributed.run
 --nproc-per-node 2 tests/test_training_distributed.py OUT_DIR`.
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +149,42 @@ def test_non_finite_loss_skips_the_step_and_is_reported():
     assert all(p.grad is None for p in model.parameters())
     ok = train_step(model, opt, [make_batch(2, seed=2)], lr=1e-2, clip_norm=1.0)
     assert not ok.skipped and not torch.equal(flat_params(model), before)
+
+
+def test_fusion_stage_under_fsdp_takes_the_same_steps_as_ddp(tmp_path):
+    from training.checkpoint import list_checkpoints, load_for_inference
+    from training.testing import make_corpus, train_tokenizer
+    make_corpus(tmp_path / "corpus", num_shards=2, per_shard=4)
+    tok = train_tokenizer(tmp_path / "tok.model")
+    runs = {}
+    for parallel in ("fsdp", "ddp"):
+        run_dir = tmp_path / parallel
+        cmd = [sys.executable, "-m", "training.cli", "launch", "--config", str(ROOT / "training/configs/tiny.toml"),
+               "--nproc-per-node", "2"]
+        for s in (f"data.shards={tmp_path / 'corpus'}", f"init.tokenizer={tok}", f"run_dir={run_dir}",
+                  f"train.parallel={parallel}", "schedule.total_steps=3", "schedule.warmup_steps=1",
+                  "batch.global_batch=8", "checkpoint.every_steps=3", "data.num_workers=1",
+                  "data.shuffle_buffer=8", "logging.progress=false", "logging.tensorboard=false"):
+            cmd += ["--set", s]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        runs[parallel] = ([(r["loss"], r["grad_norm"]) for r in records if "loss" in r],
+                          load_file(str(list_checkpoints(run_dir)[-1] / "model.safetensors")))
+    (fsdp_steps, fsdp_w), (ddp_steps, ddp_w) = runs["fsdp"], runs["ddp"]
+    assert len(fsdp_steps) == len(ddp_steps) == 3 and all(torch.isfinite(torch.tensor(fsdp_steps)).flatten())
+    assert len({loss for loss, _ in fsdp_steps}) == 3             # the weights moved between steps
+    for (loss_f, norm_f), (loss_d, norm_d) in zip(fsdp_steps, ddp_steps):
+        assert abs(loss_f - loss_d) < 1e-4, (fsdp_steps, ddp_steps)
+        assert abs(norm_f - norm_d) < 1e-4 * norm_d, (fsdp_steps, ddp_steps)   # gradients averaged, not summed
+    # the checkpoint is gathered to full, unsharded tensors (logit_scale included, 1 element)
+    assert fsdp_w.keys() == ddp_w.keys() and fsdp_w["logit_scale"].shape == (1,)
+    assert all(fsdp_w[k].shape == ddp_w[k].shape for k in ddp_w)
+    # AdamW's first steps are ~lr in size whatever the gradient's scale, so reduction-order noise in
+    # near-zero gradients shows up at a fraction of lr (1e-3); unsynchronised gradients would be off by ~lr
+    assert max(float((fsdp_w[k] - ddp_w[k]).abs().max()) for k in ddp_w) < 5e-4
+    model, _, cfg = load_for_inference(tmp_path / "fsdp")
+    assert cfg["train"]["parallel"] == "fsdp" and model.logit_scale.shape == (1,)
 
 
 if __name__ == "__main__":

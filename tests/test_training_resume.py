@@ -95,3 +95,31 @@ def test_stop_and_resume_equals_straight_run(setup, capsys):
     assert rc == 2
     assert "written by 2 process(es), this run has 1" in capsys.readouterr().err
 
+
+
+def test_optimizer_state_from_a_0d_logit_scale_checkpoint_resumes():
+    # checkpoints written while FusionModel.logit_scale was 0-d hold 0-d AdamW moments for it
+    from training.checkpoint import load_optimizer_state
+    from training.model import FusionModel, ModelConfig
+    torch.manual_seed(0)
+    model = FusionModel(ModelConfig.preset("tiny", vocab_size=64))
+    ids = torch.randint(3, 64, (2, 8))
+    batch = {"image": torch.randn(2, 3, 32, 32), "input_ids": ids, "loss_mask": torch.ones_like(ids, dtype=torch.bool)}
+
+    def step(m, opt):
+        m(batch)["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    step(model, opt)
+    old = opt.state_dict()
+    index = [n for n, _ in model.named_parameters()].index("logit_scale")
+    old["state"][index] = {k: v.reshape(()) if k != "step" else v for k, v in old["state"][index].items()}
+    assert old["state"][index]["exp_avg"].ndim == 0
+    resumed = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    load_optimizer_state(model, resumed, old)
+    before = model.logit_scale.detach().clone()
+    step(model, resumed)
+    assert resumed.state[model.logit_scale]["exp_avg"].shape == (1,)
+    assert model.logit_scale.shape == (1,) and not torch.equal(model.logit_scale, before)

@@ -109,6 +109,17 @@ def load_optimizer_state(model, optimizer, sd: dict) -> None:
         set_optimizer_state_dict(model, optimizer, sd, options=StateDictOptions(full_state_dict=True))
     else:
         optimizer.load_state_dict(sd)
+        _match_state_shapes(optimizer)
+
+
+def _match_state_shapes(optimizer) -> None:
+    # A parameter that changed shape but not size (FusionModel.logit_scale went from 0-d to 1 element so FSDP
+    # can shard it) would otherwise meet moments of the old shape in the first in-place AdamW update.
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for k, v in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(v) and k != "step" and v.shape != p.shape and v.numel() == p.numel():
+                    optimizer.state[p][k] = v.reshape(p.shape)
 
 
 # -- save -------------------------------------------------------------------------------------------

@@ -172,9 +172,9 @@ class EvalConfig:
 
 @dataclass(kw_only=True)
 class InitConfig:
-    tokenizer: str = ""               # SentencePiece model path (training.tokenizer.Tokenizer.load)
+    tokenizer: str = ""               # SentencePiece model path; "" with llm_checkpoint = its tokenizer.model
     mae_encoder: str = ""             # fusion stage: MAE run dir or step dir whose encoder initialises the vision tower
-    llm_checkpoint: str = ""          # fusion stage: HF LLaMA-layout dir for the text tower
+    llm_checkpoint: str = ""          # fusion stage: HF LLaMA-layout dir; the text tower takes its shape and weights
 
 
 @dataclass(kw_only=True)
@@ -198,15 +198,16 @@ class RunConfig:
         _check(self.stage in STAGES, "stage", f"got {self.stage!r}, allowed {STAGES}")
         _check(bool(self.run_dir), "run_dir", "must not be empty")
         if self.stage == "fusion":
-            _check(bool(self.init.tokenizer), "init.tokenizer", "the fusion stage needs a tokenizer path")
+            _check(bool(self.init.tokenizer or self.init.llm_checkpoint), "init.tokenizer",
+                   "the fusion stage needs a tokenizer path (or init.llm_checkpoint, whose tokenizer.model is used)")
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
+    def from_dict(cls, d: dict) -> RunConfig:
         return _build(cls, d, "")
 
     @classmethod
-    def load(cls, path: str | Path | None, overrides: list[str] | None = None) -> "RunConfig":
+    def load(cls, path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
         d: dict = {}
         if path:
             with open(path, "rb") as f:

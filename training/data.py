@@ -27,8 +27,8 @@ import json
 import logging
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -44,6 +44,12 @@ def mix_seed(*parts: int | str) -> int:
     """Stable 63-bit seed from parts (Python's hash() is salted per process, so not that)."""
     h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") >> 1
+
+
+def image_id(key: str) -> int:
+    """Signed 64-bit id of a sample key: rows expanded from one image (its captions, its QA pairs) share it,
+    so the contrastive loss can tell a second caption of the same picture from a real negative."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
 
 
 def reader_shards(shards: list[str], *, seed: int, epoch: int, reader: int, num_readers: int) -> list[str]:
@@ -182,7 +188,7 @@ class ShardStream(IterableDataset):
         for path in paths:
             errors: list[Exception] = []
 
-            def handler(exn: Exception) -> bool:
+            def handler(exn: Exception, errors: list = errors) -> bool:
                 errors.append(exn)
                 return True   # keep what was readable, go on with the next member / shard
 
@@ -295,6 +301,7 @@ class ShardStream(IterableDataset):
             out["is_vqa"] = torch.tensor([b["is_vqa"] for b in batch])                  # bool [B]
             out["text"] = [b["text"] for b in batch]
         out["key"] = [b["key"] for b in batch]
+        out["image_id"] = torch.tensor([image_id(b["key"]) for b in batch], dtype=torch.int64)      # [B]
         out["_reader"], out["_epoch"], out["_offset"] = reader, epoch, offset
         out["_skipped"] = dict(counters)
         return out

@@ -52,18 +52,52 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def tokenizer_path(cfg: RunConfig) -> str:
+    """The run's SentencePiece model: init.tokenizer, else the tokenizer.model shipped with init.llm_checkpoint
+    (a LLaMA checkpoint's embedding rows are indexed by its own tokenizer's ids); "" for the MAE stage."""
+    if cfg.init.tokenizer:
+        return str(Path(cfg.init.tokenizer).resolve())
+    if cfg.stage == "fusion" and cfg.init.llm_checkpoint:
+        shipped = Path(cfg.init.llm_checkpoint) / "tokenizer.model"
+        if not shipped.is_file():
+            raise FileNotFoundError(
+                f"init.llm_checkpoint={cfg.init.llm_checkpoint} has no tokenizer.model and init.tokenizer is "
+                "empty: name the checkpoint's SentencePiece model with init.tokenizer")
+        return str(shipped.resolve())
+    return ""
+
+
 def resolve_model_config(cfg: RunConfig):
-    """ModelConfig of the run; the vocabulary follows the tokenizer unless model.overrides sets it."""
-    from training.model import ModelConfig
+    """(ModelConfig, Tokenizer or None). With init.llm_checkpoint the text tower's shape comes from the
+    checkpoint's config.json (model.overrides still win); otherwise the vocabulary follows the tokenizer
+    unless model.overrides sets it."""
+    from training.model import ModelConfig, text_config_from_llama
     overrides = dict(cfg.model.overrides)
     tok = None
     if cfg.stage == "fusion":
         from training.tokenizer import Tokenizer
-        tok = Tokenizer.load(cfg.init.tokenizer)
-        overrides.setdefault("vocab_size", tok.vocab_size)
-    mcfg = ModelConfig.preset(cfg.model.preset, **overrides)
+        tok = Tokenizer.load(tokenizer_path(cfg))
+    if cfg.stage == "fusion" and cfg.init.llm_checkpoint:
+        from training.model.llama_loader import read_llama_config
+        hf = read_llama_config(cfg.init.llm_checkpoint)
+        problems = [] if tok.vocab_size == hf["vocab_size"] else \
+            [f"{tok.vocab_size} pieces vs a {hf['vocab_size']}-row embedding table"]
+        for name in ("bos", "eos"):
+            want = hf.get(f"{name}_token_id")
+            if isinstance(want, int) and want != getattr(tok, f"{name}_id"):
+                problems.append(f"{name}_id {getattr(tok, f'{name}_id')} vs the checkpoint's {name}_token_id {want}")
+        if problems:
+            raise ValueError(
+                f"tokenizer {tok.path} does not match init.llm_checkpoint={cfg.init.llm_checkpoint} ("
+                + "; ".join(problems) + "): token ids would index the wrong embeddings; use the tokenizer.model "
+                "shipped with the checkpoint (leave init.tokenizer empty)")
+        mcfg = text_config_from_llama(cfg.init.llm_checkpoint, preset=cfg.model.preset, **overrides)
+    else:
+        if tok is not None:
+            overrides.setdefault("vocab_size", tok.vocab_size)
+        mcfg = ModelConfig.preset(cfg.model.preset, **overrides)
     if tok is not None and tok.vocab_size > mcfg.vocab_size:
-        raise ValueError(f"tokenizer {cfg.init.tokenizer} has {tok.vocab_size} pieces but model.overrides.vocab_size "
+        raise ValueError(f"tokenizer {tok.path} has {tok.vocab_size} pieces but model.overrides.vocab_size "
                          f"is {mcfg.vocab_size}; ids past the embedding table would crash")
     if cfg.stage == "fusion" and cfg.data.max_tokens > mcfg.max_len:
         raise ValueError(f"data.max_tokens={cfg.data.max_tokens} exceeds the model's max_len={mcfg.max_len}")
@@ -79,11 +113,9 @@ def build_model(cfg: RunConfig, mcfg):
         model.load_mae_encoder(ckpt_lib.load_weights(cfg.init.mae_encoder))
         log.info("vision tower initialised from MAE encoder %s", cfg.init.mae_encoder)
     if cfg.init.llm_checkpoint:
-        loader = getattr(tm, "load_llama_text_tower", None)
-        if loader is None:
-            raise RuntimeError("init.llm_checkpoint is set but training.model has no load_llama_text_tower")
-        loader(model, cfg.init.llm_checkpoint)
-        log.info("text tower initialised from %s", cfg.init.llm_checkpoint)
+        report = tm.load_llama_text_tower(model, cfg.init.llm_checkpoint)
+        log.info("text tower initialised from %s (%d tensors, lm_head %s)", cfg.init.llm_checkpoint,
+                 report["tensors"], "loaded" if report["lm_head"] else "tied to the embeddings")
     return model
 
 
@@ -92,10 +124,6 @@ def parallelize(model, cfg: RunConfig, device: torch.device, world: int):
         return model
     if cfg.train.parallel == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        scalars = [n for n, p in model.named_parameters() if p.ndim == 0]
-        if scalars:
-            raise ValueError(f"train.parallel = \"fsdp\": FSDP2 cannot shard 0-d parameters {scalars}; "
-                             "use train.parallel = \"ddp\" (or make them 1-element tensors in the model)")
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if amp_dtype(cfg, device) is not None else MixedPrecisionPolicy()
         # shard each transformer block on its own so only one block is gathered at a time
@@ -125,7 +153,7 @@ def stream_spec(cfg: RunConfig, *, shards: list[str], rank: int, world: int, mic
         readers_per_rank=max(1, d.num_workers) if train else 1, micro_batch=micro_batch,
         image_size=image_size, max_tokens=d.max_tokens, shuffle_buffer=d.shuffle_buffer,
         include_captions=d.include_captions, include_qa=d.include_qa,
-        tokenizer=str(Path(cfg.init.tokenizer).resolve()) if cfg.init.tokenizer else "", train=train,
+        tokenizer=tokenizer_path(cfg), train=train,
         crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio), hflip=a.hflip,
         brightness=a.brightness, contrast=a.contrast, saturation=a.saturation, fast_decode=a.fast_decode)
 
@@ -136,7 +164,7 @@ def to_device(batch: dict, device: torch.device, cfg: RunConfig) -> dict:
     out = {"image": jitter_flip_normalise(batch["image"].to(device, non_blocking=nb),
                                           batch["flip"].to(device), batch["jitter"].to(device),
                                           cfg.augment.mean, cfg.augment.std)}
-    for k in ("input_ids", "attention_mask", "loss_mask", "itc_mask", "is_vqa"):
+    for k in ("input_ids", "attention_mask", "loss_mask", "itc_mask", "is_vqa", "image_id"):
         if k in batch:
             out[k] = batch[k].to(device, non_blocking=nb)
     return out
@@ -232,7 +260,7 @@ def _run(cfg: RunConfig, rank: int, world: int, device: torch.device, resolve_sh
     flops = _flops_per_sample(mcfg, cfg)
     device_name, peak = device_peak_flops(device)
     config_record = {**cfg.to_dict(), "model": mcfg.to_dict(), "model_spec": cfg.to_dict()["model"],
-                     "tokenizer": str(Path(cfg.init.tokenizer).resolve()) if cfg.init.tokenizer else "",
+                     "tokenizer": tokenizer_path(cfg),
                      "world_size": world, "micro_batch": micro, "device": device_name}
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)

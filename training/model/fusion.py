@@ -5,7 +5,8 @@ Objectives (weights in ModelConfig):
 - vqa: the same loss restricted to VQA rows (the tokenizer puts loss_mask on answer tokens + EOS only, so the
   question never contributes); VQA rows are named by the optional batch["task"] or batch["is_vqa"];
 - itc: symmetric InfoNCE between the image class token and the text tower's last real token, projected into
-  a shared space, with a learned temperature, over rows where itc_mask is True.
+  a shared space, with a learned temperature, over rows where itc_mask is True; rows sharing batch["image_id"]
+  (captions of one image) are not negatives of each other.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ class FusionModel(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.text_width, cfg.vocab_size, bias=False)
         self.image_proj = nn.Linear(cfg.vision_width, cfg.embed_dim, bias=False)
         self.text_proj = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.itc_temperature)))
+        # 1 element, not 0-d: FSDP2 shards every parameter along dim 0 and refuses 0-d ones
+        self.logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / cfg.itc_temperature)]))
+        self.register_load_state_dict_pre_hook(_reshape_scalar_logit_scale)
         for module in (self.text, self.fusion, self.image_proj, self.text_proj):
             module.apply(gpt_init)
         if self.lm_head is not None:
@@ -99,7 +102,9 @@ class FusionModel(nn.Module):
     # ------------------------------------------------------------ training forward
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """batch: image float [B,3,S,S], input_ids long [B,T], attention_mask bool [B,T], loss_mask bool [B,T],
-        itc_mask bool [B] (default all True); optional task list[str] ("caption"|"vqa") or is_vqa bool [B].
+        itc_mask bool [B] (default all True); optional task list[str] ("caption"|"vqa") or is_vqa bool [B];
+        optional image_id long [B]: rows with the same id show the same picture (several captions of one image),
+        so the contrastive loss does not use them as negatives of each other.
 
         Returns scalars: loss (weighted total), lm (all target tokens), caption, vqa, itc, itc_scale."""
         images, input_ids = batch["image"], batch["input_ids"]
@@ -128,7 +133,7 @@ class FusionModel(nn.Module):
         itc_mask = torch.ones(B, dtype=torch.bool, device=device) if itc_mask is None else itc_mask.bool()
         last = (attention_mask.long() * torch.arange(T, device=device)).argmax(1)  # [B] last real token (EOS)
         itc, scale = self.contrastive_loss(
-            image_tokens[:, 0], text_h[torch.arange(B, device=device), last], itc_mask
+            image_tokens[:, 0], text_h[torch.arange(B, device=device), last], itc_mask, batch.get("image_id")
         )
 
         cfg = self.cfg
@@ -136,23 +141,17 @@ class FusionModel(nn.Module):
         return {"loss": loss, "lm": lm, "caption": caption, "vqa": vqa, "itc": itc, "itc_scale": scale.detach()}
 
     def contrastive_loss(
-        self, image_pooled: torch.Tensor, text_pooled: torch.Tensor, itc_mask: torch.Tensor
+        self,
+        image_pooled: torch.Tensor,
+        text_pooled: torch.Tensor,
+        itc_mask: torch.Tensor,
+        image_id: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Symmetric InfoNCE over the rows where itc_mask is True; other rows are neither anchors nor
-        negatives. Masking (instead of indexing) keeps every parameter in the graph with no host sync, which
-        DDP needs when a batch happens to hold no caption rows."""
+        """(symmetric InfoNCE, scale) on the projected pooled features; see `info_nce`."""
         img = F.normalize(self.image_proj(image_pooled).float(), dim=-1)  # [B, E]
         txt = F.normalize(self.text_proj(text_pooled).float(), dim=-1)  # [B, E]
-        scale = self.logit_scale.exp().clamp(max=100.0)  # CLIP's cap keeps the temperature >= 0.01
-        sim = scale * img @ txt.t()  # [B, B]; row i = image i against every text
-        valid = itc_mask.float()
-        pair = valid[:, None] * valid[None, :]
-        sim = sim.masked_fill(pair == 0, -1e4)  # finite, so excluded rows give 0 * finite, not NaN
-        labels = torch.arange(sim.shape[0], device=sim.device)
-        per_row = F.cross_entropy(sim, labels, reduction="none") + F.cross_entropy(
-            sim.t(), labels, reduction="none"
-        )  # [B]
-        return _masked_mean(per_row / 2, valid), scale
+        scale = self.logit_scale.exp().clamp(max=100.0).squeeze(0)  # CLIP's cap keeps the temperature >= 0.01
+        return info_nce(img, txt, scale, itc_mask, image_id), scale
 
     # ------------------------------------------------------------ loading and generation
     def load_mae_encoder(self, state_dict: dict[str, torch.Tensor]) -> None:
@@ -188,6 +187,42 @@ class FusionModel(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def info_nce(
+    img: torch.Tensor,  # [B, E] unit vectors
+    txt: torch.Tensor,  # [B, E] unit vectors; row i is the caption of image i
+    scale: torch.Tensor,  # 0-d, 1 / temperature
+    itc_mask: torch.Tensor,  # bool [B]
+    image_id: torch.Tensor | None = None,  # long [B]
+) -> torch.Tensor:
+    """Symmetric InfoNCE over the rows where itc_mask is True; other rows are neither anchors nor negatives.
+
+    With image_id, a pair (i, j != i) of rows showing the same picture is left out of both softmaxes: the
+    loader yields one row per caption, so a batch often holds two captions (two crops) of one image, and
+    pushing them apart as negatives would teach the model to tell apart texts that describe the same thing.
+    Each row keeps its own pair as the one positive. Masking (instead of indexing) keeps every parameter in
+    the graph with no host sync, which DDP needs when a batch happens to hold no caption rows."""
+    sim = scale * img @ txt.t()  # [B, B]; row i = image i against every text
+    valid = itc_mask.float()
+    keep = (valid[:, None] * valid[None, :]) > 0
+    if image_id is not None:
+        same = image_id[:, None] == image_id[None, :]
+        keep = keep & ~(same & ~torch.eye(len(image_id), dtype=torch.bool, device=same.device))
+    sim = sim.masked_fill(~keep, -1e4)  # finite, so excluded rows give 0 * finite, not NaN
+    labels = torch.arange(sim.shape[0], device=sim.device)
+    per_row = F.cross_entropy(sim, labels, reduction="none") + F.cross_entropy(
+        sim.t(), labels, reduction="none"
+    )  # [B]
+    return _masked_mean(per_row / 2, valid)
+
+
+def _reshape_scalar_logit_scale(module, state_dict, prefix, *args) -> None:
+    # checkpoints written before logit_scale became 1-element hold it 0-d; same value, so accept them
+    key = prefix + "logit_scale"
+    value = state_dict.get(key)
+    if value is not None and value.ndim == 0:
+        state_dict[key] = value.reshape(1)
 
 
 def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
