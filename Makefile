@@ -11,13 +11,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 install: $(STAMP)
 
 # Re-runs only when the dependency list or the set-up scripts change.
-$(STAMP): pyproject.toml constraints.txt .ci/setup-system.sh .ci/build-pillow-simd.sh .ci/fetch-java-deps.sh
+$(STAMP): pyproject.toml constraints.txt .ci/setup-system.sh .ci/build-pillow-simd.sh .ci/fetch-java-deps.sh curation/portable_runner.py
 	bash .ci/setup-system.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	bash .ci/build-pillow-simd.sh $(PY)
 	bash .ci/fetch-java-deps.sh $(PY)
+	$(PY) -m curation.portable_runner install
 	touch $(STAMP)
 
 demo: install

@@ -1,0 +1,366 @@
+"""Configuration of `curate run`: one TOML file, typed keyword-only dataclasses, `--set key=value` overrides.
+
+Each component owns its dataclass and checks itself in ``__post_init__`` with a message that names the key
+and the allowed values. ``RunConfig.to_dict()`` is the resolved configuration saved in the manifest.
+
+Overrides use dotted keys; list items are addressed by index: ``--set download.timeout=5``,
+``--set sources.0.path=other.tsv``. The value is parsed as a TOML value (``5``, ``true``, ``["a", "b"]``,
+``"text"``); anything that is not valid TOML is taken as a plain string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+SOURCE_KINDS = ("cc3m", "cc12m", "coco", "vg")
+EVAL_KINDS = ("coco-karpathy", "vqav2")
+RESIZE_MODES = ("no", "keep_ratio", "center_crop", "border", "keep_ratio_largest")
+ENCODE_FORMATS = ("jpg", "png", "webp")
+
+
+def _fail(key: str, msg: str) -> None:
+    raise ValueError(f"config key {key!r}: {msg}")
+
+
+def _check_range(key: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
+    if lo is not None and value < lo:
+        _fail(key, f"must be >= {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        _fail(key, f"must be <= {hi}, got {value!r}")
+
+
+@dataclass(kw_only=True)
+class SourceConfig:
+    """One training source. TSV kinds need ``path``; coco needs ``captions``; vg needs ``image_data``."""
+    kind: str
+    name: str = ""                         # how the funnel names it; default: the kind (kind#2, ... if repeated)
+    path: str = ""                         # cc3m / cc12m TSV
+    captions: str = ""                     # coco captions_*.json
+    images: str = ""                       # coco: local image folder (read instead of downloading coco_url)
+    image_data: str = ""                   # vg
+    region_descriptions: str = ""          # vg: region phrases become captions
+    question_answers: str = ""             # vg: optional QA
+    max_region_captions: int = 10          # vg: at most this many region phrases per image (largest regions first)
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            _fail("sources.kind", f"{self.kind!r} is not one of {SOURCE_KINDS}")
+        need = {"cc3m": "path", "cc12m": "path", "coco": "captions", "vg": "image_data"}[self.kind]
+        if not getattr(self, need):
+            _fail(f"sources.{need}", f"required for kind {self.kind!r}")
+        _check_range("sources.max_region_captions", self.max_region_captions, 0)
+
+
+@dataclass(kw_only=True)
+class EvalSetConfig:
+    """A held-out set: decontaminated against and written as shards under ``OUT/eval/<name>/``.
+
+    coco-karpathy yields two sets, ``coco-karpathy-test`` and ``coco-karpathy-val`` (the Karpathy
+    ``test`` and ``val`` splits, kept apart because papers report on test and tune on val); vqav2 yields
+    ``vqav2`` (every image of the questions file).
+    """
+    kind: str
+    path: str = ""                         # coco-karpathy: dataset_coco.json
+    questions: str = ""                    # vqav2
+    annotations: str = ""                  # vqav2
+    images: str = ""                       # folder with the images (required: eval images are never downloaded)
+    splits: list[str] = field(default_factory=lambda: ["test", "val"])   # coco-karpathy held-out splits
+
+    def __post_init__(self) -> None:
+        if self.kind not in EVAL_KINDS:
+            _fail("eval_sets.kind", f"{self.kind!r} is not one of {EVAL_KINDS}")
+        required = ("path", "images") if self.kind == "coco-karpathy" else ("questions", "annotations", "images")
+        for k in required:
+            if not getattr(self, k):
+                _fail(f"eval_sets.{k}", f"required for kind {self.kind!r}")
+        for s in self.splits:
+            if s not in ("train", "val", "test", "restval"):
+                _fail("eval_sets.splits", f"{s!r} is not one of train, val, test, restval")
+
+
+@dataclass(kw_only=True)
+class DownloadConfig:
+    timeout: float = 10.0                  # seconds for the whole response (connect + headers + body)
+    retries: int = 2                       # extra attempts on timeout, 429 and 5xx
+    backoff_base: float = 0.5              # seconds; attempt k waits base * 2**k * U(0.5, 1.5)
+    backoff_max: float = 10.0
+    max_retry_after: float = 30.0          # a 429 asking to wait longer than this is dropped (rate_limited)
+    threads: int = 16                      # fetch threads per worker
+    per_host_connections: int = 4          # concurrent requests per host, per worker
+    max_redirects: int = 5
+    max_bytes: int = 20_000_000            # response body cap
+    max_pixels: int = 89_478_485           # images whose header declares more are refused before decoding
+    user_agent_token: str = "vlfusion"
+    disallowed_header_directives: list[str] = field(default_factory=lambda: ["noai", "noimageai"])
+    allowed_networks: list[str] = field(default_factory=list)   # CIDRs of private/loopback ranges allowed
+    num_partitions: int = 64               # fetch partitions; each is fetched and cached as one unit (resume)
+
+    def __post_init__(self) -> None:
+        _check_range("download.timeout", self.timeout, 0.01)
+        _check_range("download.retries", self.retries, 0, 20)
+        _check_range("download.backoff_base", self.backoff_base, 0)
+        _check_range("download.backoff_max", self.backoff_max, 0)
+        _check_range("download.max_retry_after", self.max_retry_after, 0)
+        _check_range("download.threads", self.threads, 1, 1024)
+        _check_range("download.per_host_connections", self.per_host_connections, 1)
+        _check_range("download.max_redirects", self.max_redirects, 0, 50)
+        _check_range("download.max_bytes", self.max_bytes, 1)
+        _check_range("download.max_pixels", self.max_pixels, 1)
+        _check_range("download.num_partitions", self.num_partitions, 1)
+        if not self.user_agent_token or any(c.isspace() or c in ";()" for c in self.user_agent_token):
+            _fail("download.user_agent_token", f"must be a non-empty token without spaces, ';' or parentheses, "
+                                               f"got {self.user_agent_token!r}")
+        for cidr in self.allowed_networks:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as err:
+                _fail("download.allowed_networks", f"{cidr!r} is not a CIDR range ({err})")
+
+
+@dataclass(kw_only=True)
+class ResizeConfig:
+    """img2dataset's Resizer settings (same names as img2dataset's options)."""
+    image_size: int = 256
+    resize_mode: str = "keep_ratio"
+    resize_only_if_bigger: bool = True
+    encode_format: str = "jpg"
+    encode_quality: int = 90
+
+    def __post_init__(self) -> None:
+        _check_range("resize.image_size", self.image_size, 8, 8192)
+        if self.resize_mode not in RESIZE_MODES:
+            _fail("resize.resize_mode", f"{self.resize_mode!r} is not one of {RESIZE_MODES}")
+        if self.encode_format not in ENCODE_FORMATS:
+            _fail("resize.encode_format", f"{self.encode_format!r} is not one of {ENCODE_FORMATS}")
+        hi = 9 if self.encode_format == "png" else 100
+        _check_range("resize.encode_quality", self.encode_quality, 0, hi)
+
+
+@dataclass(kw_only=True)
+class CaptionFilterConfig:
+    min_words: int = 3
+    max_words: int = 80
+    min_letter_ratio: float = 0.6          # letters / non-space characters
+    max_repeated_token_ratio: float = 0.5  # 1 - distinct words / words
+    boilerplate_phrases: list[str] = field(default_factory=lambda: [
+        # Text that never describes a picture. Repeated alt-text ("stock photo of ...") is handled by the
+        # caption cluster cap instead, which keeps a few images per caption rather than none.
+        "click here", "image not found", "no image available", "lorem ipsum", "placeholder image"])
+    drop_urls: bool = True
+    drop_emails: bool = True
+
+    def __post_init__(self) -> None:
+        _check_range("caption_filter.min_words", self.min_words, 0)
+        if self.max_words < self.min_words:
+            _fail("caption_filter.max_words", f"must be >= min_words ({self.min_words}), got {self.max_words}")
+        _check_range("caption_filter.min_letter_ratio", self.min_letter_ratio, 0, 1)
+        _check_range("caption_filter.max_repeated_token_ratio", self.max_repeated_token_ratio, 0, 1)
+
+
+@dataclass(kw_only=True)
+class ImageFilterConfig:
+    min_side: int = 64                     # of the original image
+    max_aspect_ratio: float = 3.0
+    min_pixel_std: float = 3.0             # grey-level standard deviation; below: blank / near-uniform
+    min_bytes: int = 500                   # of the downloaded file
+
+    def __post_init__(self) -> None:
+        _check_range("image_filter.min_side", self.min_side, 0)
+        _check_range("image_filter.max_aspect_ratio", self.max_aspect_ratio, 1)
+        _check_range("image_filter.min_pixel_std", self.min_pixel_std, 0)
+        _check_range("image_filter.min_bytes", self.min_bytes, 0)
+
+
+@dataclass(kw_only=True)
+class DedupConfig:
+    phash_max_distance: int = 10           # Hamming distance of 64-bit pHashes counted as the same picture
+    phash_bands: int = 8                   # LSH bands over the 64 bits; pairs within bands - 1 bits always meet
+    label_rounds: int = 6                  # min-label propagation rounds (components of diameter <= this)
+    caption_ngram: int = 5                 # character n-grams of the normalised caption
+    caption_num_perm: int = 64
+    caption_bands: int = 16                # bands x rows = num_perm
+    caption_threshold: float = 0.8         # Jaccard estimate at which two captions are near-duplicates
+    max_images_per_caption: int = 3        # a caption cluster may caption at most this many distinct images
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        _check_range("dedup.phash_max_distance", self.phash_max_distance, 0, 64)
+        if self.phash_bands not in (1, 2, 4, 8, 16):
+            _fail("dedup.phash_bands", f"must be one of 1, 2, 4, 8, 16, got {self.phash_bands}")
+        _check_range("dedup.label_rounds", self.label_rounds, 1, 64)
+        _check_range("dedup.caption_ngram", self.caption_ngram, 1, 32)
+        _check_range("dedup.caption_num_perm", self.caption_num_perm, 2, 1024)
+        if self.caption_bands < 1 or self.caption_num_perm % self.caption_bands:
+            _fail("dedup.caption_bands", f"must divide caption_num_perm ({self.caption_num_perm}), "
+                                         f"got {self.caption_bands}")
+        _check_range("dedup.caption_threshold", self.caption_threshold, 0, 1)
+        _check_range("dedup.max_images_per_caption", self.max_images_per_caption, 0)
+
+
+@dataclass(kw_only=True)
+class DecontamConfig:
+    phash_max_distance: int = 10
+
+    def __post_init__(self) -> None:
+        _check_range("decontam.phash_max_distance", self.phash_max_distance, 0, 64)
+
+
+@dataclass(kw_only=True)
+class ShardConfig:
+    samples_per_shard: int = 1000
+    seed: int = 0                          # of the deterministic shuffle across shards
+
+    def __post_init__(self) -> None:
+        _check_range("shard.samples_per_shard", self.samples_per_shard, 1)
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    output: str
+    sources: list[SourceConfig]
+    eval_sets: list[EvalSetConfig] = field(default_factory=list)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    resize: ResizeConfig = field(default_factory=ResizeConfig)
+    caption_filter: CaptionFilterConfig = field(default_factory=CaptionFilterConfig)
+    image_filter: ImageFilterConfig = field(default_factory=ImageFilterConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    decontam: DecontamConfig = field(default_factory=DecontamConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    progress_seconds: float = 5.0          # live progress line every this many seconds (0: off)
+
+    def __post_init__(self) -> None:
+        if not self.output:
+            _fail("output", "required (a local path or fsspec URL)")
+        if not self.sources:
+            _fail("sources", "at least one [[sources]] table is required")
+        seen: dict[str, int] = {}
+        for s in self.sources:
+            if not s.name:
+                seen[s.kind] = seen.get(s.kind, 0) + 1
+                s.name = s.kind if seen[s.kind] == 1 else f"{s.kind}#{seen[s.kind]}"
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            _fail("sources.name", f"source names must be unique, got {names}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def source(self, name: str) -> SourceConfig:
+        return next(s for s in self.sources if s.name == name)
+
+
+_SECTIONS = {"download": DownloadConfig, "resize": ResizeConfig, "caption_filter": CaptionFilterConfig,
+             "image_filter": ImageFilterConfig, "dedup": DedupConfig, "decontam": DecontamConfig,
+             "shard": ShardConfig}
+
+
+def _build(cls, data: Any, key: str):
+    if not isinstance(data, dict):
+        _fail(key, f"must be a table, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        _fail(f"{key}.{unknown[0]}" if key else unknown[0], f"unknown key; allowed: {sorted(names)}")
+    kwargs = {}
+    for k, v in data.items():
+        f = names[k]
+        full = f"{key}.{k}" if key else k
+        want = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if want in ("int",) and (not isinstance(v, int) or isinstance(v, bool)):
+            _fail(full, f"must be an integer, got {v!r}")
+        if want == "float" and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+            _fail(full, f"must be a number, got {v!r}")
+        if want == "bool" and not isinstance(v, bool):
+            _fail(full, f"must be true or false, got {v!r}")
+        if want == "str" and not isinstance(v, str):
+            _fail(full, f"must be a string, got {v!r}")
+        if want.startswith("list[str]") and (not isinstance(v, list) or not all(isinstance(x, str) for x in v)):
+            _fail(full, f"must be a list of strings, got {v!r}")
+        kwargs[k] = float(v) if want == "float" else v
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    data = dict(data)
+    allowed = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        _fail(unknown[0], f"unknown key; allowed: {sorted(allowed)}")
+    for req in ("output", "sources"):
+        if req not in data:
+            _fail(req, "required")
+    sources = data.pop("sources")
+    if not isinstance(sources, list):
+        _fail("sources", "must be an array of tables ([[sources]])")
+    evals = data.pop("eval_sets", [])
+    if not isinstance(evals, list):
+        _fail("eval_sets", "must be an array of tables ([[eval_sets]])")
+    kwargs: dict[str, Any] = {
+        "sources": [_build(SourceConfig, s, f"sources.{i}") for i, s in enumerate(sources)],
+        "eval_sets": [_build(EvalSetConfig, e, f"eval_sets.{i}") for i, e in enumerate(evals)],
+    }
+    for name, cls in _SECTIONS.items():
+        if name in data:
+            kwargs[name] = _build(cls, data.pop(name), name)
+    if "output" in data and not isinstance(data["output"], str):
+        _fail("output", f"must be a string, got {data['output']!r}")
+    if "progress_seconds" in data:
+        kwargs["progress_seconds"] = float(data.pop("progress_seconds"))
+    kwargs["output"] = data.pop("output")
+    return RunConfig(**kwargs)
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``key=value`` (dotted key, list indices as numbers) to the raw TOML data, in place."""
+    if "=" not in assignment:
+        raise ValueError(f"--set {assignment!r}: expected key=value")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ValueError(f"--set {assignment!r}: empty part in key {key!r}")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ValueError(f"--set {key}: {where!r} is not an index of a list of {len(node)}")
+            node = node[int(part)]
+        else:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            node = nxt
+        if not isinstance(node, (dict, list)):
+            raise ValueError(f"--set {key}: {where!r} is a value, not a table")
+    last = parts[-1]
+    value = parse_value(text.strip())
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) > len(node):
+            raise ValueError(f"--set {key}: {last!r} is not an index of a list of {len(node)}")
+        if int(last) == len(node):
+            node.append(value)
+        else:
+            node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_config(path: str | None, overrides: list[str] = (), *, base: dict[str, Any] | None = None) -> RunConfig:
+    data: dict[str, Any] = dict(base or {})
+    if path:
+        with open(path, "rb") as f:
+            data.update(tomllib.load(f))
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return from_dict(data)

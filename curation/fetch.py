@@ -1,0 +1,271 @@
+"""Fetching and preparing one image: HTTP with the SSRF guard, then header checks and img2dataset's Resizer.
+
+`Fetcher.fetch(url) -> FetchResult` is a plain function of the URL (plus the server's answers): no Beam
+here, so it is tested directly against the local fault server. `prepare_image(data, ...)` turns bytes
+(downloaded or read from a local folder) into the stored image plus what later stages need (sizes,
+sha256, pHash, grey-level spread), or a drop reason.
+
+Why our own HTTP loop rather than img2dataset's `download_image` (urllib): urllib follows redirects by
+itself and resolves DNS at connect time, so neither the redirect target nor the address actually used can
+be checked. We resolve once, check, connect to that address, and follow redirects by hand. img2dataset's
+X-Robots-Tag parser (`is_disallowed`) and `Resizer` are used as they are.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import http.client
+import io
+import random
+import socket
+import ssl
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import numpy as np
+from PIL import Image
+
+from curation.config import DownloadConfig, ResizeConfig
+from curation.dedup.phash import grey_thumbnail, phash_from_grey
+from curation.netguard import BlockedAddress, NetGuard
+
+RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+
+
+@dataclass
+class FetchResult:
+    data: bytes | None          # body when ok
+    reason: str | None          # drop reason when not ok
+    detail: str = ""
+    attempts: int = 0
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to an address checked by the guard, while Host stays the URL's host."""
+
+    def __init__(self, host: str, port: int, ip: str, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self._ip = ip
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._ip, self.port), self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, ip: str, timeout: float):
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._ip = ip
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._ip, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, wait: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.wait = wait
+
+
+class _Drop(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class Fetcher:
+    """Thread-safe; one per worker. ``per_host_connections`` caps concurrent requests per host name."""
+
+    def __init__(self, cfg: DownloadConfig):
+        from img2dataset.downloader import is_disallowed   # img2dataset's X-Robots-Tag parser
+
+        self.cfg = cfg
+        self.guard = NetGuard(cfg.allowed_networks)
+        self._is_disallowed = is_disallowed
+        self._host_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+        self.user_agent = f"Mozilla/5.0 (compatible; {cfg.user_agent_token}/1.0; +https://github.com/vlfusion)"
+        self.directives = [d.lower() for d in cfg.disallowed_header_directives]
+
+    def _slot(self, host: str) -> threading.BoundedSemaphore:
+        with self._lock:
+            sem = self._host_slots.get(host)
+            if sem is None:
+                sem = self._host_slots[host] = threading.BoundedSemaphore(self.cfg.per_host_connections)
+            return sem
+
+    def fetch(self, url: str) -> FetchResult:
+        cfg = self.cfg
+        last = "timeout"
+        for attempt in range(cfg.retries + 1):
+            try:
+                return FetchResult(self._fetch_once(url), None, attempts=attempt + 1)
+            except _Drop as d:
+                return FetchResult(None, d.reason, d.detail, attempts=attempt + 1)
+            except _Retry as r:
+                last = r.reason
+                if attempt == cfg.retries:
+                    break
+                if r.wait is not None:
+                    if r.wait > cfg.max_retry_after:
+                        return FetchResult(None, "rate_limited", f"Retry-After {r.wait:.0f}s", attempt + 1)
+                    delay = r.wait
+                else:
+                    # Exponential backoff with jitter so that retries from many threads do not synchronise.
+                    delay = min(cfg.backoff_max, cfg.backoff_base * 2 ** attempt) * random.uniform(0.5, 1.5)
+                time.sleep(delay)
+        reason = {"429": "rate_limited"}.get(last, last)
+        return FetchResult(None, reason, f"gave up after {cfg.retries + 1} attempts", cfg.retries + 1)
+
+    def _fetch_once(self, url: str) -> bytes:
+        cfg = self.cfg
+        deadline = time.monotonic() + cfg.timeout
+        for _hop in range(cfg.max_redirects + 1):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https"):
+                raise _Drop("unsupported_scheme", url[:200])
+            if not parts.hostname:
+                raise _Drop("bad_url", url[:200])
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                ip = self.guard.resolve(parts.hostname, port)
+            except BlockedAddress as err:
+                raise _Drop("blocked_address", str(err)) from None
+            except OSError as err:
+                raise _Drop("dns_error", str(err)) from None
+            path = parts.path or "/"
+            if parts.query:
+                path += "?" + parts.query
+            cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Retry("timeout")
+            with self._slot(parts.hostname):
+                conn = cls(parts.hostname, port, ip, timeout=remaining)
+                try:
+                    conn.request("GET", path, headers={"User-Agent": self.user_agent, "Accept": "image/*",
+                                                       "Accept-Encoding": "identity"})
+                    resp = conn.getresponse()
+                    status = resp.status
+                    if status in (301, 302, 303, 307, 308):
+                        location = resp.getheader("Location")
+                        if not location:
+                            raise _Drop("bad_redirect", f"{status} without Location")
+                        url = urljoin(url, location)
+                        continue
+                    if status == 429:
+                        raise _Retry("429", _retry_after_seconds(resp.getheader("Retry-After")))
+                    if status in RETRYABLE_STATUS:
+                        raise _Retry(f"http_{status}")
+                    if status != 200:
+                        raise _Drop(f"http_{status}")
+                    if self.directives and self._is_disallowed(resp.headers, self.cfg.user_agent_token,
+                                                               self.directives):
+                        raise _Drop("x_robots_tag", ",".join(resp.headers.get_all("X-Robots-Tag", [])))
+                    ctype = (resp.getheader("Content-Type") or "").lower()
+                    if ctype.startswith("text/"):
+                        raise _Drop("not_an_image", ctype)
+                    length = resp.getheader("Content-Length")
+                    if length and length.isdigit() and int(length) > cfg.max_bytes:
+                        raise _Drop("too_large", f"Content-Length {length}")
+                    return self._read_body(resp, deadline)
+                except (socket.timeout, TimeoutError):
+                    raise _Retry("timeout") from None
+                except (ConnectionError, http.client.HTTPException, ssl.SSLError, OSError) as err:
+                    if isinstance(err, http.client.IncompleteRead):
+                        raise _Drop("truncated_body", str(err)[:200]) from None
+                    raise _Retry("connection_error") from None
+                finally:
+                    conn.close()
+        raise _Drop("too_many_redirects")
+
+    def _read_body(self, resp: http.client.HTTPResponse, deadline: float) -> bytes:
+        chunks, total = [], 0
+        while True:
+            if time.monotonic() > deadline:
+                raise _Retry("timeout")
+            chunk = resp.read(65536)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > self.cfg.max_bytes:
+                raise _Drop("too_large", f"body over {self.cfg.max_bytes} bytes")
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        if not data:
+            raise _Drop("empty_body")
+        return data
+
+
+@dataclass
+class PreparedImage:
+    image: bytes
+    ext: str
+    width: int
+    height: int
+    original_width: int
+    original_height: int
+    original_bytes: int
+    sha256: str
+    phash: str
+    pixel_std: float
+
+
+class ImagePreparer:
+    """Header checks, then img2dataset's Resizer, then the hashes of the stored image."""
+
+    def __init__(self, resize: ResizeConfig, max_pixels: int):
+        from img2dataset.resizer import Resizer
+
+        self.max_pixels = max_pixels
+        self.ext = resize.encode_format
+        self.resizer = Resizer(image_size=resize.image_size, resize_mode=resize.resize_mode,
+                               resize_only_if_bigger=resize.resize_only_if_bigger,
+                               encode_format=resize.encode_format, encode_quality=resize.encode_quality)
+
+    def prepare(self, data: bytes) -> PreparedImage | tuple[str, str]:
+        """-> PreparedImage, or (reason, detail)."""
+        if not data:
+            return "empty_body", ""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                header = Image.open(io.BytesIO(data))   # reads the header only; nothing is decoded yet
+                w, h = header.size
+        except Image.DecompressionBombError as err:
+            return "too_many_pixels", str(err)[:200]
+        except Exception as err:  # PIL raises many types for non-images
+            return "not_an_image", f"{type(err).__name__}: {str(err)[:160]}"
+        if w * h > self.max_pixels:
+            return "too_many_pixels", f"{w}x{h}"
+        if header.format == "JPEG" and data.rstrip(b"\0").rfind(b"\xff\xd9") < len(data.rstrip(b"\0")) - 2:
+            # A JPEG must end with its EOI marker; libjpeg would fill a cut file with grey and carry on.
+            return "truncated_image", "no JPEG end-of-image marker"
+        out, width, height, ow, oh, err = self.resizer(io.BytesIO(data))
+        if err is not None or out is None:
+            return "decode_error", str(err)[:200]
+        grey = grey_thumbnail(out)
+        return PreparedImage(image=out, ext=self.ext, width=int(width), height=int(height),
+                             original_width=int(ow), original_height=int(oh), original_bytes=len(data),
+                             sha256=hashlib.sha256(out).hexdigest(), phash=phash_from_grey(grey),
+                             pixel_std=round(float(np.std(grey)), 3))

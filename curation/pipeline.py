@@ -1,0 +1,360 @@
+"""The `curate run` Beam pipeline: a list of small stages, each counting what it keeps and why it drops.
+
+    read sources ─ group per picture ─ caption filter ─ decontam (ids) ─ fetch+resize ─ image filter
+      ─ decontam (pixels) ─ exact dedup ─ near-dup images ─ caption dedup ─ shard
+    read eval sets ─ load+resize eval images ─ eval shards; their ids / pHashes feed both decontam stages
+
+Every stage's drops leave through the tagged output ``dropped`` (see `curation.funnel`) and end in
+``OUT/dropped/`` and the ledger the driver turns into ``funnel.json``. What is written under ``OUT/_work``
+is scratch for the driver: shard infos and the ledger.
+"""
+
+from __future__ import annotations
+
+import typing
+
+import concurrent.futures
+import json
+import os
+
+import apache_beam as beam
+from apache_beam.io import ReadFromText, WriteToText
+from apache_beam.coders import BytesCoder
+
+from curation import fetch_cache, filters
+from curation.config import RunConfig
+from curation.decontam import decontam_by_id, decontam_by_image
+from curation.dedup.captions import CaptionClusterCap, dedupe_record_captions
+from curation.dedup.images import ExactDedup, NearDupImages
+from curation.dedup.phash import bands
+from curation.funnel import DROPPED, Progress, Step, caption_event, ledger_entries, record_event, row_event
+from curation.sharding import WriteShards
+from curation.sources import jsonfiles
+from curation.sources.group import assemble_picture, assemble_vg
+from curation.sources.tsv import parse_tsv_line
+
+CORPUS = "corpus"
+
+
+def work_dir(out: str) -> str:
+    return os.path.join(out, "_work")
+
+
+# ---------------------------------------------------------------------------------------------- reading
+class ParseTsv(beam.DoFn):
+    def __init__(self, kind: str, source: str, progress_dir: str | None):
+        self.kind, self.source, self.progress_dir = kind, source, progress_dir
+
+    def process(self, line: bytes):
+        Progress.bump(self.progress_dir, "rows_read")
+        frag, reason = parse_tsv_line(line, kind=self.kind, source=self.source)
+        if frag is None:
+            yield beam.pvalue.TaggedOutput(DROPPED, row_event("read", reason, self.source, 1,
+                                                              line[:200].decode("utf-8", "replace")))
+        else:
+            yield frag
+
+    def finish_bundle(self):
+        Progress.flush()
+
+
+class ReadJsonSource(beam.DoFn):
+    """One JSON source, streamed with ijson (see `curation.sources.jsonfiles`)."""
+
+    def __init__(self, progress_dir: str | None):
+        self.progress_dir = progress_dir
+
+    def process(self, src: dict):
+        if src["kind"] == "coco":
+            items = jsonfiles.read_coco(src["captions"], source=src["name"], images_dir=src["images"])
+        else:
+            items = jsonfiles.read_vg(src["image_data"], source=src["name"],
+                                      region_descriptions=src["region_descriptions"],
+                                      question_answers=src["question_answers"],
+                                      max_region_captions=src["max_region_captions"])
+        for item in items:
+            if item[0] == "frag":
+                if item[1]["rows"]:
+                    Progress.bump(self.progress_dir, "rows_read", item[1]["rows"])
+                yield item[1]
+            else:
+                _, reason, rows, detail = item
+                Progress.bump(self.progress_dir, "rows_read", rows)
+                yield beam.pvalue.TaggedOutput(DROPPED, row_event("read", reason, src["name"], rows, detail))
+        Progress.flush()
+
+
+def _assemble_vg(item):
+    frag, drops = assemble_vg(*item)
+    for reason, source, rows, detail in drops:
+        yield beam.pvalue.TaggedOutput(DROPPED, row_event("group", reason, source, rows, detail))
+    if frag is not None:
+        yield frag
+
+
+def _assemble(item):
+    rec, drops = assemble_picture(*item)
+    for reason, source, rows, detail in drops:
+        yield beam.pvalue.TaggedOutput(DROPPED, row_event("group", reason, source, rows, detail))
+    if rec is not None:
+        yield rec
+
+
+# ---------------------------------------------------------------------------------------------- filters
+def caption_filter(record: dict, cfg) -> tuple[dict | None, list[dict]]:
+    kept, events, first_reason = [], [], None
+    for c in record["captions"]:
+        reason = filters.caption_reason(c, cfg)
+        if reason is None:
+            kept.append(c)
+        else:
+            first_reason = first_reason or reason
+            events.append(caption_event("caption_filter", reason, record, c))
+    if not kept and not record["qa"]:
+        return None, [record_event("caption_filter", first_reason or "no_caption", record,
+                                   record["captions"][0] if record["captions"] else "")]
+    return ({**record, "captions": kept} if events else record), events
+
+
+def image_filter(record: dict, cfg) -> tuple[dict | None, list[dict]]:
+    reason = filters.image_reason(original_width=record["original_width"], original_height=record["original_height"],
+                                  original_bytes=record["original_bytes"], pixel_std=record["pixel_std"], cfg=cfg)
+    if reason:
+        return None, [record_event("image_filter", reason, record,
+                                   f"{record['original_width']}x{record['original_height']} "
+                                   f"{record['original_bytes']}B std={record['pixel_std']}")]
+    return record, []
+
+
+class SideStep(beam.DoFn):
+    """Like `Step`, for a function that also takes a side input."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def process(self, record, side):
+        out, events = self.fn(record, side, *self.args)
+        for ev in events:
+            yield beam.pvalue.TaggedOutput(DROPPED, ev)
+        if out is not None:
+            yield out
+
+
+# ---------------------------------------------------------------------------------------------- fetching
+_PREPARED_FIELDS = ("ext", "width", "height", "original_width", "original_height", "original_bytes",
+                    "sha256", "phash", "pixel_std")
+
+
+class FetchPartition(beam.DoFn):
+    """(partition, records) -> records with their prepared image, or fetch drops. Cached per partition.
+
+    Downloads run in ``download.threads`` threads (I/O bound); decoding and resizing run in this thread,
+    one image at a time (CPU bound, and img2dataset's Resizer redirects the process's stdout/stderr while
+    it works, which is not safe from several threads).
+    """
+
+    def __init__(self, cfg: RunConfig, cache_dir: str, progress_dir: str | None):
+        self.download, self.resize = cfg.download, cfg.resize
+        self.cache_dir, self.progress_dir = cache_dir, progress_dir
+
+    def setup(self):
+        from curation.fetch import Fetcher, ImagePreparer
+        self.fetcher = Fetcher(self.download)
+        self.preparer = ImagePreparer(self.resize, self.download.max_pixels)
+        self.pool = concurrent.futures.ThreadPoolExecutor(self.download.threads)
+
+    def teardown(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _bytes(self, record: dict):
+        local = record.get("local")
+        if local and os.path.exists(local):
+            with open(local, "rb") as f:
+                return f.read(), None, ""
+        if not record.get("url"):
+            return None, "missing_local_file", str(local)
+        res = self.fetcher.fetch(record["url"])
+        return res.data, res.reason, res.detail
+
+    def process(self, item):
+        partition, records = item
+        records = sorted(records, key=lambda r: r["uid"])
+        cached = fetch_cache.load(self.cache_dir, partition)
+        todo = [r for r in records if fetch_cache.cache_key(r) not in cached]
+        if todo:
+            futures = [self.pool.submit(self._bytes, r) for r in todo]
+            for r, fut in zip(todo, futures):
+                data, reason, detail = fut.result()
+                entry = {"cache_key": fetch_cache.cache_key(r), "uid": r["uid"], "url": r.get("url")}
+                if data is not None:
+                    prepared = self.preparer.prepare(data)
+                    if isinstance(prepared, tuple):
+                        reason, detail = prepared
+                    else:
+                        entry.update({k: getattr(prepared, k) for k in _PREPARED_FIELDS}, image=prepared.image)
+                entry.update(reason=reason, detail=detail)
+                cached[entry["cache_key"]] = entry
+                Progress.bump(self.progress_dir, "fetched" if reason is None else "fetch_failed")
+            fetch_cache.save(self.cache_dir, partition, cached)
+        for r in records:
+            e = cached[fetch_cache.cache_key(r)]
+            if e.get("reason"):
+                Progress.bump(self.progress_dir, "dropped")
+                yield beam.pvalue.TaggedOutput(DROPPED, record_event("fetch", e["reason"], r, e.get("detail") or ""))
+            else:
+                yield {**r, **{k: e[k] for k in _PREPARED_FIELDS}, "image": e["image"]}
+        Progress.flush()
+
+
+def _partition_of(record: dict, n: int) -> int:
+    return int(fetch_cache.cache_key(record)[:8], 16) % n
+
+
+class PrepareEval(beam.DoFn):
+    def __init__(self, cfg: RunConfig):
+        self.resize, self.max_pixels = cfg.resize, cfg.download.max_pixels
+
+    def setup(self):
+        from curation.fetch import ImagePreparer
+        self.preparer = ImagePreparer(self.resize, self.max_pixels)
+
+    def process(self, rec: dict):
+        path = rec["local"]
+        if not os.path.exists(path):
+            yield beam.pvalue.TaggedOutput("eval_ledger", (f"eval|{rec['eval_set']}|missing_image", 1))
+            return
+        with open(path, "rb") as f:
+            prepared = self.preparer.prepare(f.read())
+        if isinstance(prepared, tuple):
+            yield beam.pvalue.TaggedOutput("eval_ledger", (f"eval|{rec['eval_set']}|{prepared[0]}", 1))
+            return
+        yield beam.pvalue.TaggedOutput("eval_ledger", (f"eval|{rec['eval_set']}|written", 1))
+        yield {**rec, **{k: getattr(prepared, k) for k in _PREPARED_FIELDS}, "image": prepared.image, "rows": {}}
+
+
+# ---------------------------------------------------------------------------------------------- assembly
+def build_pipeline(p: beam.Pipeline, cfg: RunConfig, *, cache_dir: str, progress_dir: str | None) -> None:
+    out = cfg.output
+    drops = []      # PCollections of drop events
+    ledger = []     # PCollections of (counter name, n)
+
+    # -- eval sets: read, index for decontam, prepare images, shard later with the corpus
+    eval_recs = []
+    for i, e in enumerate(cfg.eval_sets):
+        if e.kind == "coco-karpathy":
+            recs = (p | f"Eval{i}Path" >> beam.Create([e.path])
+                    | f"Eval{i}Read" >> beam.FlatMap(jsonfiles.read_karpathy, images_dir=e.images, splits=e.splits))
+        else:
+            recs = (p | f"Eval{i}Paths" >> beam.Create([(e.questions, e.annotations)])
+                    | f"Eval{i}Read" >> beam.FlatMapTuple(jsonfiles.read_vqav2)
+                    | f"Eval{i}Group" >> beam.GroupByKey()
+                    | f"Eval{i}Assemble" >> beam.MapTuple(
+                        lambda iid, items, d=e.images: jsonfiles.assemble_vqav2(iid, list(items), images_dir=d)))
+        eval_recs.append(recs)
+    if eval_recs:
+        evals = eval_recs | "EvalFlatten" >> beam.Flatten()
+    else:
+        evals = p | "NoEval" >> beam.Create([])
+    eval_ids = evals | "EvalIds" >> beam.Map(lambda r: (r["coco_id"], r["eval_set"]))
+    prepared_eval = evals | "EvalReshuffle" >> beam.Reshuffle() | "EvalPrepare" >> beam.ParDo(
+        PrepareEval(cfg)).with_outputs("eval_ledger", main="ok")
+    ledger.append(prepared_eval.eval_ledger)
+    nb = cfg.dedup.phash_bands
+    eval_bands = prepared_eval.ok | "EvalBands" >> beam.FlatMap(
+        lambda r: [(b, (r["phash"], r["eval_set"], r["uid"])) for b in bands(r["phash"], nb)])
+
+    # -- read sources
+    frags = []
+    for i, s in enumerate(cfg.sources):
+        if s.kind in ("cc3m", "cc12m"):
+            parsed = (p | f"Read{i}_{s.name}" >> ReadFromText(s.path, coder=BytesCoder())
+                      | f"Parse{i}" >> beam.ParDo(ParseTsv(s.kind, s.name, progress_dir)).with_outputs(DROPPED, main="f"))
+        else:
+            parsed = (p | f"Src{i}" >> beam.Create([{**vars(s)}])
+                      | f"ReadJson{i}" >> beam.ParDo(ReadJsonSource(progress_dir)).with_outputs(DROPPED, main="f"))
+        frags.append(parsed.f)
+        drops.append(parsed[DROPPED])
+    all_frags = frags | "FlattenFrags" >> beam.Flatten() | "SpreadFrags" >> beam.Reshuffle()
+    ledger.append(all_frags | "CountIn" >> beam.Map(lambda f: (f"in|{f['source']}", f["rows"])))
+
+    # -- group: VG parts per VG image, then everything per picture
+    vg = all_frags | "IsVg" >> beam.Filter(lambda f: f["key"].startswith("vgraw:"))
+    rest = all_frags | "NotVg" >> beam.Filter(lambda f: not f["key"].startswith("vgraw:"))
+    vg_pics = (vg | "KeyVg" >> beam.Map(lambda f: (f["key"], f)) | "GroupVg" >> beam.GroupByKey()
+               | "AssembleVg" >> beam.FlatMap(_assemble_vg).with_output_types(typing.Any).with_outputs(DROPPED, main="f"))
+    drops.append(vg_pics[DROPPED])
+    grouped = ((rest, vg_pics.f) | "AllPictures" >> beam.Flatten()
+               | "KeyPicture" >> beam.Map(lambda f: (f["key"], f)) | "GroupPicture" >> beam.GroupByKey()
+               | "Assemble" >> beam.FlatMap(_assemble).with_output_types(typing.Any).with_outputs(DROPPED, main="r"))
+    drops.append(grouped[DROPPED])
+    records = grouped.r
+
+    def step(pcoll, label, stage, fn, *args):
+        res = pcoll | label >> beam.ParDo(Step(stage, lambda r: fn(r, *args), progress_dir)).with_outputs(
+            DROPPED, main="r")
+        drops.append(res[DROPPED])
+        return res.r
+
+    def side_step(pcoll, label, fn, side, *args):
+        res = pcoll | label >> beam.ParDo(SideStep(fn, *args), side).with_outputs(DROPPED, main="r")
+        drops.append(res[DROPPED])
+        return res.r
+
+    records = step(records, "CaptionFilter", "caption_filter", caption_filter, cfg.caption_filter)
+    records = side_step(records, "DecontamIds", decontam_by_id, beam.pvalue.AsMultiMap(eval_ids))
+
+    # -- fetch, per partition, cached
+    n_part = cfg.download.num_partitions
+    fetched = (records | "KeyPartition" >> beam.Map(lambda r: (_partition_of(r, n_part), r))
+               | "GroupPartition" >> beam.GroupByKey()
+               | "Fetch" >> beam.ParDo(FetchPartition(cfg, cache_dir, progress_dir)).with_outputs(DROPPED, main="r"))
+    drops.append(fetched[DROPPED])
+    records = step(fetched.r, "ImageFilter", "image_filter", image_filter, cfg.image_filter)
+    records = side_step(records, "DecontamImages", decontam_by_image, beam.pvalue.AsMultiMap(eval_bands),
+                        cfg.decontam.phash_max_distance, nb)
+
+    # -- dedup
+    exact = records | "ExactDedup" >> ExactDedup(progress_dir)
+    drops.append(exact[DROPPED])
+    merged, near_drops, near_ledger = exact.kept | "NearDupImages" >> NearDupImages(
+        max_distance=cfg.dedup.phash_max_distance, num_bands=nb, rounds=cfg.dedup.label_rounds,
+        progress_dir=progress_dir)
+    drops.append(near_drops)
+    ledger.append(near_ledger)
+    records = step(merged, "CaptionNearDup", "dedup_caption", dedupe_record_captions, cfg.dedup)
+    capped, cap_drops = records | "CaptionCap" >> CaptionClusterCap(cfg.dedup)
+    drops.append(cap_drops)
+
+    # -- shard corpus and eval sets
+    dirs = {CORPUS: os.path.join(out, "shards")}
+    for name in eval_set_names(cfg):
+        dirs[name] = os.path.join(out, "eval", name, "shards")
+    to_write = ((capped | "CorpusGroup" >> beam.Map(lambda r: (CORPUS, r)),
+                 prepared_eval.ok | "EvalGroup" >> beam.Map(lambda r: (r["eval_set"], r)))
+                | "ToWrite" >> beam.Flatten())
+    infos = to_write | "WriteShards" >> WriteShards(dirs, samples_per_shard=cfg.shard.samples_per_shard,
+                                                    seed=cfg.shard.seed)
+    infos | "ShardInfos" >> WriteToText(os.path.join(work_dir(out), "shard_infos"), file_name_suffix=".jsonl")
+    ledger.append(capped | "CountKept" >> beam.FlatMap(
+        lambda r: [(f"kept|{s}", n) for s, n in r["rows"].items()] + [("samples_written", 1)]))
+
+    # -- accounting
+    all_drops = drops | "AllDrops" >> beam.Flatten()
+    all_drops | "DropsJson" >> beam.Map(lambda e: json.dumps(e, sort_keys=True, ensure_ascii=False)) \
+        | "WriteDrops" >> WriteToText(os.path.join(out, "dropped", "dropped"), file_name_suffix=".jsonl")
+    ledger.append(all_drops | "DropLedger" >> beam.FlatMap(ledger_entries))
+    ledger.append(all_drops | "InFromDrops" >> beam.FlatMap(
+        lambda e: [(f"in|{s}", n) for s, n in e["rows"].items()] if e["stage"] == "read" else []))
+    (ledger | "AllLedger" >> beam.Flatten() | "SumLedger" >> beam.CombinePerKey(sum)
+     | "LedgerJson" >> beam.Map(lambda kv: json.dumps(list(kv)))
+     | "WriteLedger" >> WriteToText(os.path.join(work_dir(out), "ledger"), file_name_suffix=".jsonl"))
+
+
+def eval_set_names(cfg: RunConfig) -> list[str]:
+    names = []
+    for e in cfg.eval_sets:
+        if e.kind == "coco-karpathy":
+            names += [f"coco-karpathy-{s}" for s in e.splits]
+        else:
+            names.append("vqav2")
+    return names

@@ -1,0 +1,190 @@
+"""`curate run --config FILE [--set key=value ...] [-- <Beam pipeline options>]`.
+
+The driver: loads the configuration, runs the Beam pipeline (DirectRunner in multi-processing mode on every
+core unless ``--runner`` is given after ``--``), prints live progress while it runs, then turns the ledger
+into ``funnel.json``, writes the manifests (last), and prints the funnel table.
+
+Output layout (``output`` in the config)::
+
+    shards/NNNNN.{tar,parquet,_stats.json}, shards/sizes.json, manifest.json     the corpus
+    eval/<name>/shards/..., eval/<name>/manifest.json                             each eval set
+    funnel.json                      rows in / kept / dropped per source, stage, reason
+    dropped/dropped-*.jsonl          every drop event (record or caption) with its reason
+    _cache/fetch-<hash>/             fetch results per partition (resume); safe to delete
+    _work/                           driver scratch (ledger, shard infos)
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+
+from curation import fetch_cache
+from curation.config import RunConfig, load_config
+from curation.funnel import build_funnel, read_progress, summary_table
+
+DEFAULT_RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="TOML file describing the run")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key (dotted, list items by index), e.g. download.timeout=5")
+    parser.add_argument("beam_args", nargs=argparse.REMAINDER,
+                        help="after `--`: Beam pipeline options, passed unchanged (--runner, --project, ...)")
+
+
+def beam_options(beam_args: list[str]) -> list[str]:
+    args = [a for a in beam_args if a != "--"] if beam_args[:1] == ["--"] else list(beam_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args = DEFAULT_RUNNER_ARGS + args
+    return args
+
+
+def _fetch_settings(cfg: RunConfig) -> dict:
+    d = cfg.to_dict()
+    dl = dict(d["download"])
+    for k in ("threads", "per_host_connections", "num_partitions", "backoff_base", "backoff_max"):
+        dl.pop(k)   # do not change what is fetched; num_partitions is in the cache key via the file name
+    return {"resize": d["resize"], "download": dl, "num_partitions": cfg.download.num_partitions}
+
+
+def _clear(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def _read_jsonl(pattern: str) -> list:
+    out = []
+    for path in sorted(glob.glob(pattern)):
+        with open(path) as f:
+            out += [json.loads(line) for line in f if line.strip()]
+    return out
+
+
+class _ProgressPrinter(threading.Thread):
+    def __init__(self, progress_dir: str, every: float):
+        super().__init__(daemon=True)
+        self.progress_dir, self.every = progress_dir, every
+        self.stop = threading.Event()
+        self.t0 = time.monotonic()
+
+    def line(self) -> str:
+        c = read_progress(self.progress_dir)
+        return (f"[curate] {time.monotonic() - self.t0:6.0f}s  rows read {c.get('rows_read', 0)}  "
+                f"fetched {c.get('fetched', 0)}  fetch failed {c.get('fetch_failed', 0)}  "
+                f"merged {c.get('merged', 0)}  dropped {c.get('dropped', 0)}")
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            print(self.line(), file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from curation.pipeline import CORPUS, build_pipeline, eval_set_names, work_dir
+    from shards import ShardInfo, write_manifest
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (ValueError, OSError) as err:
+        print(f"curate run: {err}", file=sys.stderr)
+        return 2
+    out = cfg.output
+    if "://" in out:
+        # Shards go through fsspec; the driver-side accounting files here use the local filesystem.
+        print("curate run: output must be a local path in this version (shards/ supports URLs; the "
+              "driver's accounting does not yet)", file=sys.stderr)
+        return 2
+    os.makedirs(out, exist_ok=True)
+    # Nothing from an earlier run may look complete while this one runs: the manifests go first.
+    _clear(os.path.join(out, "manifest.json"))
+    for m in glob.glob(os.path.join(out, "eval", "*", "manifest.json")):
+        _clear(m)
+    for d in ("_work", "dropped", "funnel.json"):
+        _clear(os.path.join(out, d))
+    cache_dir = os.path.join(out, "_cache", "fetch-" + fetch_cache.settings_hash(_fetch_settings(cfg)))
+    progress_dir = os.path.join(work_dir(out), "progress")
+
+    options = PipelineOptions(beam_options(args.beam_args))
+    printer = _ProgressPrinter(progress_dir, cfg.progress_seconds) if cfg.progress_seconds > 0 else None
+    t0 = time.monotonic()
+    if printer:
+        printer.start()
+    try:
+        with beam.Pipeline(options=options) as p:
+            build_pipeline(p, cfg, cache_dir=cache_dir, progress_dir=progress_dir)
+    finally:
+        if printer:
+            printer.stop.set()
+    elapsed = time.monotonic() - t0
+    if printer:
+        print(printer.line(), file=sys.stderr, flush=True)
+
+    ledger = dict(tuple(x) for x in _read_jsonl(os.path.join(work_dir(out), "ledger*.jsonl")))
+    funnel = build_funnel(ledger, [s.name for s in cfg.sources])
+    funnel["seconds"] = round(elapsed, 1)
+    infos = _read_jsonl(os.path.join(work_dir(out), "shard_infos*.jsonl"))
+    by_group: dict[str, list] = {}
+    for i in infos:
+        by_group.setdefault(i["group"], []).append(i)
+    # Shards beyond this run's count are leftovers of an earlier, bigger run: remove them.
+    _remove_stale(os.path.join(out, "shards"), {i["info"]["name"] for i in by_group.get(CORPUS, [])})
+    kept_rows = {}
+    for i in by_group.get(CORPUS, []):
+        for s, n in i["rows"].items():
+            kept_rows[s] = kept_rows.get(s, 0) + n
+    funnel["rows_kept_in_shards"] = kept_rows   # cross-check of the ledger's kept rows, from the writers
+    tmp = os.path.join(out, ".funnel.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(funnel, f, indent=1, sort_keys=False)
+    os.replace(tmp, os.path.join(out, "funnel.json"))
+
+    resolved = cfg.to_dict()
+    for name in eval_set_names(cfg):
+        edir = os.path.join(out, "eval", name)
+        os.makedirs(os.path.join(edir, "shards"), exist_ok=True)
+        _remove_stale(os.path.join(edir, "shards"), {i["info"]["name"] for i in by_group.get(name, [])})
+        write_manifest(edir, [ShardInfo(**i["info"]) for i in by_group.get(name, [])], resolved,
+                       extra={"eval_set": name})
+    os.makedirs(os.path.join(out, "shards"), exist_ok=True)
+    write_manifest(out, [ShardInfo(**i["info"]) for i in by_group.get(CORPUS, [])], resolved,
+                   extra={"funnel": {k: funnel[k] for k in ("rows_in", "rows_kept", "rows_dropped", "balanced")}})
+
+    print(summary_table(funnel))
+    print(f"curate run: {funnel['samples_written']} samples in {len(by_group.get(CORPUS, []))} shards under "
+          f"{os.path.join(out, 'shards')} ({elapsed:.1f}s); funnel: {os.path.join(out, 'funnel.json')}")
+    if not funnel["balanced"]:
+        print("curate run: ERROR: the funnel does not balance (rows in != kept + dropped); see funnel.json",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _remove_stale(shards_dir: str, keep: set[str]) -> None:
+    for path in glob.glob(os.path.join(shards_dir, "[0-9]*.tar")):
+        name = os.path.basename(path)
+        if name not in keep:
+            base = path[:-4]
+            for suffix in (".tar", ".parquet", "_stats.json"):
+                _clear(base + suffix)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="curate run", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

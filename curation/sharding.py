@@ -1,0 +1,105 @@
+"""Deterministic shuffle across shards, exactly ``samples_per_shard`` per shard (the last may hold fewer).
+
+Each record gets a position in a global random order without a global sort:
+1. order = sha256(seed:uid), so the permutation depends on the seed and the sample set only;
+2. the order's 60-bit prefix splits the records into B = ceil(n / samples_per_shard) ordered buckets
+   (n counted by a combine), so a bucket holds about one shard's worth;
+3. bucket sizes (B integers) become prefix sums in one small combine (a side input);
+4. a bucket is sorted in memory (one shard's worth); position = bucket start + rank inside the bucket;
+5. shard = position // samples_per_shard; ``GroupByKey`` per shard, sort by position, write through
+   `shards.ShardWriter` (atomic; ``_stats.json`` last). The writer DoFn returns the shard's info.
+Records are grouped by ``group`` (the corpus, or one eval set) so the same transform writes every set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import apache_beam as beam
+
+from shards import Sample, ShardWriter, make_key
+
+
+def order_key(uid: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{uid}".encode()).hexdigest()
+
+
+def to_sample(r: dict) -> Sample:
+    extra = {}
+    for k in ("merged", "other_urls"):
+        if r.get(k):
+            extra[k] = r[k]
+    if r.get("eval_set"):
+        extra["eval_set"] = r["eval_set"]
+    extra.update(r.get("extra") or {})
+    return Sample(key=make_key(r["uid"]), uid=r["uid"], image=r["image"], image_ext=r["ext"],
+                  sources=r["sources"], url=r.get("url"), captions=r["captions"], qa=r["qa"],
+                  width=r["width"], height=r["height"], original_width=r["original_width"],
+                  original_height=r["original_height"], sha256=r["sha256"], phash=r["phash"], extra=extra)
+
+
+def _num_buckets(n: int, per_shard: int) -> int:
+    return max(1, math.ceil(n / per_shard))
+
+
+def _bucket_of(item, totals, per_shard):
+    group, (order, r) = item
+    b = (int(order[:15], 16) * _num_buckets(totals[group], per_shard)) >> 60
+    return (group, b), (order, r)
+
+
+def _prefix_sums(counts: list) -> dict:
+    out, running = {}, {}
+    for (group, b), n in sorted(counts):
+        out[(group, b)] = running.get(group, 0)
+        running[group] = running.get(group, 0) + n
+    return out
+
+
+def _positions(item, starts, per_shard):
+    (group, b), members = item
+    start = starts[(group, b)]
+    for i, (order, r) in enumerate(sorted(members, key=lambda m: m[0])):
+        pos = start + i
+        yield (group, pos // per_shard), (pos, r)
+
+
+class WriteShardFn(beam.DoFn):
+    def __init__(self, dirs: dict):
+        self.dirs = dirs   # group -> shards directory
+
+    def process(self, item):
+        (group, index), members = item
+        rows: dict[str, int] = {}
+        with ShardWriter(self.dirs[group], index) as w:
+            for _pos, r in sorted(members, key=lambda m: m[0]):
+                w.write(to_sample(r))
+                for src, n in (r.get("rows") or {}).items():
+                    rows[src] = rows.get(src, 0) + n
+        yield json.dumps({"group": group, "index": index, "info": w.info.to_json(), "rows": rows}, sort_keys=True)
+
+
+class WriteShards(beam.PTransform):
+    """(group, record) -> JSON lines describing each written shard."""
+
+    def __init__(self, dirs: dict, *, samples_per_shard: int, seed: int):
+        super().__init__()
+        self.dirs, self.per_shard, self.seed = dirs, samples_per_shard, seed
+
+    def expand(self, items):
+        seed, per = self.seed, self.per_shard
+        ordered = items | "Order" >> beam.Map(lambda kv: (kv[0], (order_key(kv[1]["uid"], seed), kv[1])))
+        totals = (ordered | "Groups" >> beam.Map(lambda kv: (kv[0], 1))
+                  | "CountPerGroup" >> beam.CombinePerKey(sum))
+        bucketed = ordered | "Bucket" >> beam.Map(_bucket_of, beam.pvalue.AsDict(totals), per)
+        starts = (bucketed | "BucketOnes" >> beam.Map(lambda kv: (kv[0], 1))
+                  | "CountPerBucket" >> beam.CombinePerKey(sum)
+                  | "AllCounts" >> beam.combiners.ToList()
+                  | "PrefixSums" >> beam.Map(_prefix_sums))
+        return (bucketed
+                | "GroupByBucket" >> beam.GroupByKey()
+                | "Positions" >> beam.FlatMap(_positions, beam.pvalue.AsSingleton(starts), per)
+                | "GroupByShard" >> beam.GroupByKey()
+                | "WriteShard" >> beam.ParDo(WriteShardFn(self.dirs)))

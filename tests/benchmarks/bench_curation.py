@@ -1,0 +1,213 @@
+"""Benchmarks of `curate run`, measured side by side in one run; prints ratios.
+
+    python tests/benchmarks/bench_curation.py [--images 120] [--sizes 10000,100000] [--with-1m] [--skip-e2e]
+
+1. End to end: samples/s/core of `curate run` against img2dataset alone, on the same generated CC3M/CC12M
+   rows, the same local fault server and the same resize settings (256 px keep_ratio, JPEG q90).
+   CPU seconds = user+sys of this process and its children (Beam workers, img2dataset processes).
+2. Caption MinHash: our vectorised signatures against the naive datasketch use (a ``MinHash()`` and one
+   ``update()`` per shingle), same captions, same shingles.
+3. Dedup share: the pipeline run under cProfile (DirectRunner in-memory, one process): time inside
+   `curation.dedup` over the total.
+4. Cost against size: the metadata-only stages (read TSV, group per URL, exact dedup, near-dup images on
+   pHashes) on 10k / 100k (/ 1M with --with-1m) synthetic rows.
+Also prints dedup precision/recall on the planted near-duplicates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import tomli_w  # noqa: E402
+
+from curation import run_cmd  # noqa: E402
+from curation.synthetic import FaultServer, make_sources  # noqa: E402
+
+RESIZE = {"image_size": 256, "resize_mode": "keep_ratio", "resize_only_if_bigger": True,
+          "encode_format": "jpg", "encode_quality": 90}
+
+
+def cpu() -> float:
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def _cc_config(info, out: Path) -> Path:
+    cfg = info.curate_config(str(out))
+    cfg["sources"] = cfg["sources"][:2]             # CC3M + CC12M: the rows img2dataset can read too
+    cfg["eval_sets"] = []
+    cfg["download"].update(timeout=1.0, retries=0, num_partitions=8, threads=16)
+    cfg["resize"] = RESIZE
+    cfg["progress_seconds"] = 0
+    path = out.parent / f"{out.name}.toml"
+    path.write_text(tomli_w.dumps(cfg))
+    return path
+
+
+def bench_e2e(root: Path, n_images: int) -> None:
+    from img2dataset import download
+
+    cores = os.cpu_count() or 1
+    with FaultServer(root / "web", slow_seconds=1.0) as server:
+        info = make_sources(root, base_url=server.base_url, scale=n_images)
+        rows = [line.split(b"\t") for line in Path(info.cc3m_tsv).read_bytes().splitlines()]
+        urls = []
+        for parts in rows:
+            if len(parts) == 2:
+                urls.append((parts[1].decode("utf-8", "replace"), parts[0].decode("utf-8", "replace")))
+        for parts in (line.split(b"\t") for line in Path(info.cc12m_tsv).read_bytes().splitlines()):
+            if len(parts) == 2:
+                urls.append((parts[0].decode("utf-8", "replace"), parts[1].decode("utf-8", "replace")))
+        n_rows = len(urls)
+        url_list = root / "urls.tsv"
+        url_list.write_text("url\tcaption\n" + "".join(f"{u}\t{c.replace(chr(9), ' ')}\n" for u, c in urls))
+
+        c0, t0 = cpu(), time.perf_counter()
+        download(url_list=str(url_list), input_format="tsv", url_col="url", caption_col="caption",
+                 output_folder=str(root / "i2d"), output_format="webdataset", processes_count=cores,
+                 thread_count=16, image_size=RESIZE["image_size"], resize_mode="keep_ratio",
+                 resize_only_if_bigger=True, encode_quality=90, timeout=1, retries=0, enable_wandb=False,
+                 number_sample_per_shard=1000, distributor="multiprocessing")
+        i2d_wall, i2d_cpu = time.perf_counter() - t0, cpu() - c0
+        i2d_ok = sum(json.loads(p.read_text())["successes"] for p in (root / "i2d").glob("*_stats.json"))
+
+        cfg = _cc_config(info, root / "cur")
+        c0, t0 = cpu(), time.perf_counter()
+        assert run_cmd.main(["--config", str(cfg)]) == 0
+        cur_wall, cur_cpu = time.perf_counter() - t0, cpu() - c0
+        funnel = json.loads((root / "cur" / "funnel.json").read_text())
+
+    print(f"\n== end to end: {n_rows} CC rows, {cores} cores, same server, same resize ==")
+    print(f"img2dataset : {i2d_wall:6.1f}s wall {i2d_cpu:6.1f}s cpu  {i2d_ok} images  "
+          f"{n_rows / i2d_wall / cores:7.2f} rows/s/core")
+    print(f"curate run  : {cur_wall:6.1f}s wall {cur_cpu:6.1f}s cpu  {funnel['samples_written']} samples "
+          f"(after filter+dedup)  {n_rows / cur_wall / cores:7.2f} rows/s/core")
+    print(f"ratio curate/img2dataset rows/s: {i2d_wall / cur_wall:.2f}x   CPU per row ratio: "
+          f"{cur_cpu / max(i2d_cpu, 1e-9):.2f}x")
+    print(f"curate CPU per input row: {cur_cpu / n_rows * 1000:.1f} ms")
+
+
+def bench_minhash(n: int = 20000) -> None:
+    from datasketch import MinHash
+
+    from curation.dedup import minhash as mh
+
+    rng = random.Random(0)
+    words = ("a the man woman dog cat riding sitting on in beach park red blue car street tree "
+             "small large old young near under with two three people table kitchen").split()
+    caps = [" ".join(rng.choice(words) for _ in range(rng.randint(6, 16))) for _ in range(n)]
+    mh.signatures(caps[:10], num_perm=64, seed=1, ngram=5)   # warm the permutation cache
+    t0 = time.perf_counter()
+    for i in range(0, n, 1000):
+        mh.signatures(caps[i:i + 1000], num_perm=64, seed=1, ngram=5)
+    fast = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for c in caps:
+        m = MinHash(num_perm=64, seed=1)
+        b = mh.normalise_caption(c).encode()
+        for i in range(len(b) - 4):
+            m.update(b[i:i + 5])
+    naive = time.perf_counter() - t0
+    print(f"\n== caption MinHash, {n} captions, 64 permutations ==")
+    print(f"vectorised: {n / fast:9.0f} signatures/s   naive datasketch: {n / naive:9.0f} signatures/s   "
+          f"ratio {naive / fast:.1f}x (goal >= 5x)")
+
+
+def bench_dedup_share(root: Path) -> None:
+    with FaultServer(root / "web") as server:
+        info = make_sources(root, base_url=server.base_url, scale="tiny")
+        cfg = info.curate_config(str(root / "prof"))
+        cfg["download"].update(timeout=1.0, retries=0, num_partitions=4)
+        cfg["progress_seconds"] = 0
+        path = root / "prof.toml"
+        path.write_text(tomli_w.dumps(cfg))
+        prof = cProfile.Profile()
+        prof.enable()
+        run_cmd.main(["--config", str(path), "--", "--runner=DirectRunner", "--direct_running_mode=in_memory"])
+        prof.disable()
+    st = pstats.Stats(prof)
+    total = st.total_tt
+    dedup = 0.0
+    for (file, _line, _fn), (_cc, _nc, tt, _ct, _callers) in st.stats.items():
+        if f"curation{os.sep}dedup" in file or "datasketch" in file:
+            dedup += tt
+    print(f"\n== dedup share of pipeline CPU (cProfile, in-memory runner, tiny sources) ==")
+    print(f"dedup functions {dedup:.2f}s of {total:.2f}s total: {100 * dedup / total:.1f}% (goal < 5%)")
+
+
+def bench_scaling(sizes: list[int], root: Path) -> None:
+    import apache_beam as beam
+    from apache_beam.io import ReadFromText
+    from apache_beam.coders import BytesCoder
+
+    from curation.dedup.images import ExactDedup, NearDupImages
+    from curation.pipeline import _assemble
+    from curation.sources.tsv import parse_tsv_line
+
+    print("\n== metadata-only stages vs size (read, group, exact + near dedup; in-memory runner) ==")
+    base = None
+    for n in sizes:
+        rng = random.Random(n)
+        tsv = root / f"rows_{n}.tsv"
+        with open(tsv, "w") as f:
+            for i in range(n):
+                j = i if rng.random() > 0.05 else rng.randrange(max(1, i))   # 5 % repeated URLs
+                f.write(f"caption number {j} of a picture\thttp://h{j % 97}.example/{j}.jpg\n")
+
+        def fake_fetch(r):
+            h = int(r["uid"][4:20], 16)
+            if h % 10 == 0:                       # 10 % near-duplicates of a neighbouring picture
+                h = (h // 1024) * 1024
+            return {**r, "sha256": r["uid"][4:], "phash": f"{h:016x}", "original_width": 100,
+                    "original_height": 100}
+
+        t0 = time.perf_counter()
+        with beam.Pipeline(argv=["--runner=DirectRunner", "--direct_running_mode=in_memory"]) as p:
+            frags = (p | ReadFromText(str(tsv), coder=BytesCoder())
+                     | beam.Map(lambda line: parse_tsv_line(line, kind="cc3m", source="cc3m")[0])
+                     | beam.Filter(lambda f: f is not None))
+            recs = (frags | beam.Map(lambda f: (f["key"], f)) | beam.GroupByKey()
+                    | beam.FlatMap(_assemble).with_outputs("dropped", main="r")).r
+            recs = recs | beam.Map(fake_fetch)
+            exact = recs | ExactDedup()
+            merged, _drops, _ledger = exact.kept | NearDupImages(max_distance=6, num_bands=8, rounds=4)
+            merged | beam.combiners.Count.Globally() | beam.Map(lambda c: None)
+        dt = time.perf_counter() - t0
+        base = base or dt / n
+        print(f"{n:>9} rows: {dt:7.1f}s  {n / dt:8.0f} rows/s  time per row vs smallest: {dt / n / base:.2f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=120)
+    ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--with-1m", action="store_true")
+    ap.add_argument("--skip-e2e", action="store_true")
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench_curation_"))
+    try:
+        bench_minhash()
+        if not args.skip_e2e:
+            bench_e2e(root / "e2e", args.images)
+            bench_dedup_share(root / "share")
+        sizes = [int(s) for s in args.sizes.split(",") if s] + ([1_000_000] if args.with_1m else [])
+        bench_scaling(sizes, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""`curate run` end to end on the generated sources and the fault server (DirectRunner, multi-processing).
+
+One run builds the corpus every test here inspects; the determinism and resume tests run it again.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from curation import run_cmd
+from curation.sources.tsv import url_key
+from curation.synthetic import FaultServer, make_sources
+from shards import iter_samples, read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+MP = ["--", "--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+
+FAULT_REASON = {"404": "http_404", "500": "http_500", "html": "not_an_image", "empty": "empty_body",
+                "noai": "x_robots_tag", "noimageai": "x_robots_tag", "redirect-loop": "too_many_redirects",
+                "redirect-private": "blocked_address", "redirect-other": "blocked_address", "slow": "timeout",
+                "truncated": "truncated_image", "bomb": "too_many_pixels"}
+IMAGE_REASON = {"blank_image": "image_near_uniform", "too_small": "image_too_small", "bad_aspect": "image_bad_aspect"}
+
+
+def _config(info, out: Path) -> Path:
+    cfg = info.curate_config(str(out))
+    cfg["download"].update(timeout=1.0, retries=1, backoff_base=0.01, num_partitions=6, threads=8)
+    cfg["shard"] = {"samples_per_shard": 16, "seed": 3}
+    cfg["dedup"] = {"max_images_per_caption": 1}
+    cfg["progress_seconds"] = 1.0
+    path = out.parent / f"{out.name}.toml"
+    path.write_text(tomli_w.dumps(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("curation")
+    with FaultServer(root / "web", slow_seconds=3.0) as server:
+        info = make_sources(root, base_url=server.base_url, scale="tiny")
+        out = root / "out"
+        cfg = _config(info, out)
+        assert run_cmd.main(["--config", str(cfg), *MP]) == 0
+        yield {"root": root, "server": server, "info": info, "out": out, "cfg": cfg,
+               "truth": info.load_ground_truth()}
+
+
+def _events(out: Path) -> list[dict]:
+    return [json.loads(line) for p in sorted(glob.glob(str(out / "dropped" / "*.jsonl"))) for line in open(p)]
+
+
+def _samples(out: Path):
+    return list(iter_samples(str(out)))
+
+
+def _uid_of(ref_item: dict, vg_coco: dict) -> str:
+    ds, rid = ref_item["dataset"], ref_item["id"]
+    if ds in ("cc3m", "cc12m"):
+        return url_key(ref_item["url"])
+    if ds == "vg" and vg_coco.get(int(rid)) is not None:
+        return f"coco:{vg_coco[int(rid)]}"
+    return f"{ds}:{rid}"
+
+
+def _vg_coco(info) -> dict:
+    return {e["image_id"]: e.get("coco_id") for e in json.loads(Path(info.vg_image_data).read_text())}
+
+
+def _shard_digests(out: Path) -> dict:
+    return {os.path.relpath(p, out): hashlib.sha256(Path(p).read_bytes()).hexdigest()
+            for p in sorted(glob.glob(str(out / "**" / "shards" / "*"), recursive=True))}
+
+
+def test_funnel_identity_exact(world):
+    out, truth = world["out"], world["truth"]
+    funnel = json.loads((out / "funnel.json").read_text())
+    assert funnel["balanced"] is True
+    for name, p in funnel["sources"].items():
+        assert p["rows_in"] == p["rows_kept"] + p["rows_dropped"], name
+    # rows in: every TSV line, every COCO annotation, every VG entry of the three files
+    counts = truth["counts"]
+    assert funnel["sources"]["cc3m"]["rows_in"] == counts["Train_GCC-training.tsv"]["lines"]
+    assert funnel["sources"]["cc12m"]["rows_in"] == counts["cc12m.tsv"]["lines"]
+    coco = json.loads(Path(world["info"].coco_captions).read_text())
+    assert funnel["sources"]["coco"]["rows_in"] == len(coco["annotations"])
+    # the dropped/*.jsonl events add up to the funnel, and kept rows match what the writers saw
+    dropped_rows: dict = {}
+    for e in _events(out):
+        for s, n in e["rows"].items():
+            dropped_rows[s] = dropped_rows.get(s, 0) + n
+    assert dropped_rows == {s: p["rows_dropped"] for s, p in funnel["sources"].items() if p["rows_dropped"]}
+    assert funnel["rows_kept_in_shards"] == {s: p["rows_kept"] for s, p in funnel["sources"].items() if p["rows_kept"]}
+    manifest = read_manifest(str(out))
+    assert manifest["num_samples"] == funnel["samples_written"] == len(_samples(out)) > 0
+    assert manifest["config"]["download"]["timeout"] == 1.0
+
+
+def test_every_fault_and_bad_row_is_counted_with_its_reason(world):
+    out, truth = world["out"], world["truth"]
+    by_url: dict = {}
+    for e in _events(out):
+        if e["kind"] == "record" and e["url"]:
+            by_url.setdefault(e["url"], set()).add(e["reason"])
+    kept_urls = {u for s in _samples(out) for u in [s.url, *s.extra.get("other_urls", [])]}
+    for url, kind in truth["faults"].items():
+        if truth["fault_outcome"][kind] == "dropped":
+            assert FAULT_REASON[kind] in by_url.get(url, set()), (kind, by_url.get(url))
+        else:
+            assert url in kept_urls or any(r.startswith("merged") for r in by_url.get(url, ())), kind
+    for b in truth["bad_images"]:
+        assert IMAGE_REASON[b["reason"]] in by_url.get(b["url"], set()), b
+    read_reasons: dict = {}
+    for e in _events(out):
+        if e["stage"] == "read":
+            read_reasons[e["reason"]] = read_reasons.get(e["reason"], 0) + 1
+    want: dict = {}
+    for rows in truth["malformed_rows"].values():
+        for r in rows:
+            want[r["reason"]] = want.get(r["reason"], 0) + 1
+    assert read_reasons == want
+    caption_events = {(e["detail"], e["reason"]) for e in _events(out) if e["stage"] == "caption_filter"}
+    for b in truth["bad_captions"]:
+        assert (b["caption"], b["reason"]) in caption_events, b
+
+
+def test_dedup_precision_recall(world):
+    out, truth, info = world["out"], world["truth"], world["info"]
+    vg_coco = _vg_coco(info)
+    items = {i["ref"]: i for i in truth["items"]}
+    # predicted: refs whose uids end in the same written sample (own uid or merged into it)
+    sample_of: dict = {}
+    for s in _samples(out):
+        for uid in [s.uid, *s.extra.get("merged", [])]:
+            sample_of[uid] = s.key
+    grouped_refs = [r for g in truth["near_dup_groups"] for r in g]
+    truth_pairs = {frozenset((a, b)) for g in truth["near_dup_groups"] for a in g for b in g if a < b}
+    keep_refs = [r for r, i in items.items() if i["expect"] == "keep" and i["dataset"] in ("cc3m", "cc12m", "coco", "vg")]
+    pred_pairs = set()
+    for i, a in enumerate(sorted(keep_refs)):
+        for b in sorted(keep_refs)[i + 1:]:
+            ka, kb = sample_of.get(_uid_of(items[a], vg_coco)), sample_of.get(_uid_of(items[b], vg_coco))
+            if ka is not None and ka == kb:
+                pred_pairs.add(frozenset((a, b)))
+    assert grouped_refs and truth_pairs
+    tp = len(truth_pairs & pred_pairs)
+    precision, recall = tp / len(pred_pairs), tp / len(truth_pairs)
+    print(f"dedup precision {precision:.3f} recall {recall:.3f} ({len(truth_pairs)} true pairs)")
+    assert precision >= 0.95 and recall >= 0.95
+
+
+def test_decontamination_and_eval_shards(world):
+    out, truth, info = world["out"], world["truth"], world["info"]
+    vg_coco = _vg_coco(info)
+    items = {i["ref"]: i for i in truth["items"]}
+    written = {u for s in _samples(out) for u in [s.uid, *s.extra.get("merged", [])]}
+    assert truth["contaminated"]
+    for c in truth["contaminated"]:
+        assert _uid_of(items[c["ref"]], vg_coco) not in written, c
+    how = {e["reason"] for e in _events(out) if e["stage"].startswith("decontam")}
+    assert how == {"eval_same_id", "eval_near_duplicate"}
+    karpathy = json.loads(Path(info.karpathy_json).read_text())["images"]
+    for split in ("test", "val"):
+        d = out / "eval" / f"coco-karpathy-{split}"
+        samples = list(iter_samples(str(d)))
+        want = {f"coco:{i['cocoid']}": [s["raw"].strip() for s in i["sentences"]] for i in karpathy if i["split"] == split}
+        assert {s.uid: s.captions for s in samples} == want
+    vqa = list(iter_samples(str(out / "eval" / "vqav2")))
+    qs = json.loads(Path(info.vqav2_questions).read_text())["questions"]
+    assert sum(len(s.qa) for s in vqa) == len(qs)
+    q = vqa[0].qa[0]
+    assert len(q["answers"]) == 10 and q["question_id"] is not None and q["answer_type"] and q["question_type"]
+
+
+def test_caption_cluster_cap(world):
+    out, truth = world["out"], world["truth"]
+    from curation.dedup.minhash import normalise_caption
+    for caption in truth["boilerplate_captions"]:
+        n = sum(any(normalise_caption(c) == normalise_caption(caption) for c in s.captions) for s in _samples(out))
+        assert n <= 1, caption
+    assert any(e["reason"] == "caption_cluster_cap" for e in _events(out))
+
+
+def test_rerun_is_byte_identical(world, tmp_path):
+    """Another runner mode, another output dir, no cache: the same bytes."""
+    out2 = world["root"] / "out_again"
+    cfg = _config(world["info"], out2)
+    assert run_cmd.main(["--config", str(cfg), "--", "--runner=DirectRunner", "--direct_running_mode=in_memory"]) == 0
+    a, b = _shard_digests(world["out"]), _shard_digests(out2)
+    assert a == b and len(a) > 6
+    f1, f2 = (json.loads((o / "funnel.json").read_text()) for o in (world["out"], out2))
+    f1.pop("seconds"), f2.pop("seconds")
+    assert f1 == f2
+
+
+def test_resume_after_kill_does_not_refetch(world):
+    server, out3 = world["server"], world["root"] / "out_killed"
+    cfg = _config(world["info"], out3)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "curation.run_cmd", "--config", str(cfg), *MP], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not glob.glob(str(out3 / "_cache" / "*" / "*.jsonl")):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = sorted(glob.glob(str(out3 / "_cache" / "*" / "*.jsonl")))
+    assert done, "the run finished no partition before the kill"
+    assert not (out3 / "manifest.json").exists()
+    fetched_before = [json.loads(line) for p in done for line in open(p)]
+    urls_done = {e["url"] for e in fetched_before if e.get("url")}
+    server.reset()
+    assert run_cmd.main(["--config", str(cfg), *MP]) == 0
+    from urllib.parse import urlsplit
+    requested = {p.split("?")[0] for p, _ in server.requests}
+    refetched = [u for u in urls_done if urlsplit(u).path in requested]
+    assert refetched == []
+    assert _shard_digests(out3) == _shard_digests(world["out"])
+
+
+def test_prism_portable_runner_gives_the_same_corpus(world):
+    """The same pipeline on Beam's Prism runner (a real portable job service): same shards, same funnel."""
+    from curation.portable_runner import prism_args, prism_binary
+    binary = prism_binary()
+    if binary is None:
+        pytest.fail("Prism binary missing: run `python -m curation.portable_runner install` at set-up")
+    out4 = world["root"] / "out_prism"
+    cfg = _config(world["info"], out4)
+    assert run_cmd.main(["--config", str(cfg), "--", *prism_args(binary)]) == 0
+    assert _shard_digests(out4) == _shard_digests(world["out"])

@@ -1,0 +1,226 @@
+"""curate run, stage by stage: the pure functions each Beam transform wraps, on real inputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+
+import numpy as np
+import pytest
+from datasketch import MinHash
+from PIL import Image, ImageEnhance
+
+from curation import fetch_cache, filters
+from curation.config import CaptionFilterConfig, DedupConfig, ImageFilterConfig, load_config
+from curation.decontam import decontam_by_id, decontam_by_image
+from curation.dedup import minhash
+from curation.dedup.images import candidate_edges, merge_records, quality_key
+from curation.dedup.phash import bands, hamming, phash
+from curation.netguard import NetGuard
+from curation.sharding import order_key
+from curation.sources.group import assemble_picture, assemble_vg
+from curation.sources.jsonfiles import read_coco, read_vg
+from curation.sources.tsv import parse_tsv_line, url_key
+from curation.synthetic.images import encode, make_variant, random_scene, render_scene
+
+
+# ------------------------------------------------------------------------------------------------ config
+def test_config_overrides_and_errors(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('output = "o"\n[[sources]]\nkind = "cc3m"\npath = "a.tsv"\n[download]\ntimeout = 3\n')
+    cfg = load_config(str(toml), ["download.timeout=5", "sources.0.path=b.tsv", "shard.samples_per_shard=7",
+                                  'download.allowed_networks=["127.0.0.1/32"]'])
+    assert cfg.download.timeout == 5.0 and cfg.sources[0].path == "b.tsv" and cfg.shard.samples_per_shard == 7
+    assert cfg.download.allowed_networks == ["127.0.0.1/32"] and cfg.sources[0].name == "cc3m"
+    assert cfg.to_dict()["download"]["timeout"] == 5.0
+    for bad, key in [("download.timeout=-1", "download.timeout"), ("resize.resize_mode=zoom", "resize.resize_mode"),
+                     ("download.allowed_networks=[\"nope\"]", "download.allowed_networks"),
+                     ("download.bogus=1", "download.bogus"), ("sources.0.kind=laion", "sources.kind"),
+                     ("dedup.phash_bands=3", "dedup.phash_bands")]:
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            load_config(str(toml), [bad])
+
+
+# ------------------------------------------------------------------------------------------------ read
+def test_tsv_rows_and_malformed_reasons():
+    frag, r = parse_tsv_line(b"a dog on grass\thttp://x.org/a.jpg", kind="cc3m", source="cc3m")
+    assert r is None and frag["url"] == "http://x.org/a.jpg" and frag["captions"] == ["a dog on grass"]
+    assert frag["key"] == url_key("http://x.org/a.jpg")
+    frag, r = parse_tsv_line(b"http://x.org/a.jpg\ta dog\r", kind="cc12m", source="cc12m")
+    assert frag["captions"] == ["a dog"] and frag["key"] == url_key("http://x.org/a.jpg")
+    cases = {b"only one column": "missing_column", b"cap\xff\xfe\thttp://x/a.jpg": "invalid_utf8",
+             b"  \thttp://x/a.jpg": "empty_caption", b"cap\t": "empty_url",
+             b"cap\tftp://x/a.jpg": "unsupported_scheme", b"cap\tfile:///etc/passwd": "unsupported_scheme"}
+    for line, reason in cases.items():
+        assert parse_tsv_line(line, kind="cc3m", source="cc3m") == (None, reason)
+
+
+def test_coco_and_vg_stream_and_group(tmp_path):
+    coco = {"images": [{"id": 7, "file_name": "7.jpg", "coco_url": "http://h/7.jpg"},
+                       {"id": 8, "file_name": "8.jpg", "coco_url": "http://h/8.jpg"}],
+            "annotations": [{"id": 2, "image_id": 7, "caption": "B cat"}, {"id": 1, "image_id": 7, "caption": "A cat"},
+                            {"id": 3, "image_id": 99, "caption": "orphan"}, {"id": 4, "image_id": 7, "caption": " "}]}
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    items = list(read_coco(str(tmp_path / "c.json"), source="coco", images_dir=str(tmp_path)))
+    drops = [i for i in items if i[0] == "drop"]
+    assert [d[1] for d in drops] == ["empty_caption"]
+    frags = [i[1] for i in items if i[0] == "frag"]
+    by_key: dict = {}
+    for f in frags:
+        by_key.setdefault(f["key"], []).append(f)
+    rec, d = assemble_picture("coco:7", list(reversed(by_key["coco:7"])))
+    assert rec["captions"] == ["A cat", "B cat"] and rec["rows"] == {"coco": 2} and rec["local"].endswith("7.jpg")
+    assert assemble_picture("coco:8", by_key["coco:8"]) == (None, [])          # image without annotation
+    assert assemble_picture("coco:99", by_key["coco:99"])[1] == [("unknown_image_id", "coco", 1, "coco:99")]
+
+    (tmp_path / "img.json").write_text(json.dumps([{"image_id": 1, "url": "http://v/1.jpg", "coco_id": 7},
+                                                    {"image_id": 2, "url": "http://v/2.jpg", "coco_id": None}]))
+    (tmp_path / "reg.json").write_text(json.dumps([{"id": 1, "regions": [
+        {"region_id": 5, "phrase": "small thing", "width": 1, "height": 1},
+        {"region_id": 6, "phrase": "big scene", "width": 50, "height": 50}]}, {"id": 3, "regions": []}]))
+    vg = list(read_vg(str(tmp_path / "img.json"), source="vg", region_descriptions=str(tmp_path / "reg.json")))
+    vgf: dict = {}
+    for _, f in vg:
+        vgf.setdefault(f["key"], []).append(f)
+    pic, _ = assemble_vg("vgraw:1", vgf["vgraw:1"])
+    assert pic["key"] == "coco:7" and pic["captions"] == ["big scene", "small thing"] and pic["rows"] == 2
+    assert assemble_vg("vgraw:3", vgf["vgraw:3"])[1][0][0] == "unknown_image_id"
+    merged, _ = assemble_picture("coco:7", by_key["coco:7"] + [pic])
+    assert merged["rows"] == {"coco": 2, "vg": 2} and merged["url"] == "http://h/7.jpg" and merged["local"]
+    assert {"dataset": "vg", "id": "1", "coco_id": "7"} in merged["sources"]
+
+
+# ------------------------------------------------------------------------------------------------ filters
+def test_caption_filters():
+    cfg = CaptionFilterConfig()
+    assert filters.caption_reason("A brown dog runs across a sunny field", cfg) is None
+    assert filters.caption_reason("see www.example.com/x for more", cfg) == "caption_has_url"
+    assert filters.caption_reason("write to me at a.b@example.com today", cfg) == "caption_has_email"
+    assert filters.caption_reason("img", cfg) == "caption_too_short"
+    assert filters.caption_reason("123 456 789 000 111", cfg) == "caption_few_letters"
+    assert filters.caption_reason("buy buy buy buy buy now", cfg) == "caption_repetitive"
+    assert filters.caption_reason("Click here to see the photo", cfg) == "caption_boilerplate"
+    assert filters.caption_reason(" ".join(["word"] * 10 + [f"w{i}" for i in range(80)]), cfg) == "caption_too_long"
+
+
+def test_image_filters():
+    cfg = ImageFilterConfig(min_side=64, max_aspect_ratio=3.0, min_pixel_std=3.0, min_bytes=500)
+    ok = dict(original_width=200, original_height=100, original_bytes=5000, pixel_std=40.0, cfg=cfg)
+    assert filters.image_reason(**ok) is None
+    assert filters.image_reason(**{**ok, "original_width": 60, "original_height": 50}) == "image_too_small"
+    assert filters.image_reason(**{**ok, "original_width": 700}) == "image_bad_aspect"
+    assert filters.image_reason(**{**ok, "pixel_std": 0.5}) == "image_near_uniform"
+    assert filters.image_reason(**{**ok, "original_bytes": 100}) == "image_too_few_bytes"
+
+
+# ------------------------------------------------------------------------------------------------ pHash
+def _scene(seed, w=320, h=240):
+    return render_scene(random_scene(random.Random(seed), width=w, height=h))
+
+
+def test_phash_near_duplicates_close_and_distinct_pictures_far():
+    base = _scene(1)
+    h0 = phash(encode(base))
+    near = []
+    for kind in ("reencode", "resize", "crop", "bright"):
+        data, _, _ = make_variant(base, kind)
+        near.append(hamming(h0, phash(data)))
+    far = [hamming(h0, phash(encode(_scene(s)))) for s in range(2, 12)]
+    assert max(near) <= 10, near
+    assert min(far) > 10, far
+    # bands: equal hashes share every band; a 1-bit change keeps 3 of 4
+    h1 = f"{int(h0, 16) ^ 1:016x}"
+    assert len(set(bands(h0, 4)) & set(bands(h1, 4))) == 3
+
+
+def test_candidate_edges_vectorised_hamming():
+    nodes = [((-1, "a", "u1"), "0000000000000000"), ((-1, "b", "u2"), "0000000000000007"),
+             ((-1, "c", "u3"), "ffffffffffffffff")]
+    edges = list(candidate_edges(("0:0000", nodes), 3))
+    assert edges == [(nodes[0][0], nodes[1][0])]
+
+
+def test_merge_keeps_union_and_quality_rule():
+    a = {"uid": "a", "captions": ["x", "y"], "qa": [], "sources": [{"dataset": "cc3m", "id": "1"}], "url": "u1",
+         "original_width": 100, "original_height": 100, "sha256": "ff"}
+    b = {"uid": "b", "captions": ["y", "z"], "qa": [{"question": "q", "answers": ["a"]}],
+         "sources": [{"dataset": "cc12m", "id": "2"}], "url": "u2", "original_width": 200, "original_height": 100,
+         "sha256": "00"}
+    kept = min([a, b], key=quality_key)
+    assert kept is b    # more pixels wins
+    m = merge_records(kept, [a])
+    assert m["captions"] == ["y", "z", "x"] and m["merged"] == ["a"] and m["other_urls"] == ["u1"]
+    assert len(m["sources"]) == 2 and m["qa"] == b["qa"]
+
+
+# ------------------------------------------------------------------------------------------------ MinHash
+def test_minhash_matches_datasketch_and_finds_near_captions():
+    caps = ["A man riding a horse on the beach.", "a man riding a horse on the beach", "Two cats asleep on a sofa"]
+    sigs = minhash.signatures(caps, num_perm=64, seed=3, ngram=5)
+    for c, sig in zip(caps, sigs):
+        ref = MinHash(num_perm=64, seed=3, hashfunc=lambda x: x)
+        ref.update_batch([int(h) for h in minhash.shingle_hashes(c, 5)])
+        assert np.array_equal(ref.hashvalues, sig)
+        assert minhash.to_datasketch(sig, 3).jaccard(minhash.to_datasketch(sig, 3)) == 1.0
+    assert minhash.jaccard(sigs[0], sigs[1]) == 1.0 and minhash.jaccard(sigs[0], sigs[2]) < 0.3
+    kept, removed = minhash.drop_near_duplicate_captions(caps, num_perm=64, seed=3, ngram=5, threshold=0.8)
+    assert kept == [caps[0], caps[2]] and removed == [caps[1]]
+
+
+def test_caption_cap_bucket_keeps_n_images(tmp_path):
+    from curation.dedup.captions import _band_items, _cap_bucket
+    cfg = DedupConfig(max_images_per_caption=2)
+    recs = [{"uid": f"u{i}", "captions": ["stock photo of an abstract background"]} for i in range(5)]
+    recs.append({"uid": "other", "captions": ["a red bus on a bridge at night"]})
+    buckets: dict = {}
+    for r in recs:
+        for k, v in _band_items(r, cfg):
+            buckets.setdefault(k, []).append(v)
+    flagged = {f for item in buckets.items() for f in _cap_bucket(item, cfg)}
+    assert len({u for u, _ in flagged}) == 3 and ("other", 0) not in flagged
+
+
+# ------------------------------------------------------------------------------------------------ decontam
+def test_decontam_by_id_and_image():
+    rec = {"uid": "coco:5", "url": None, "rows": {"coco": 1}, "phash": "00000000000000ff",
+           "sources": [{"dataset": "vg", "id": "1", "coco_id": "42"}]}
+    ids = {42: ["vqav2"]}
+    multimap = type("MM", (), {"__getitem__": lambda self, k: ids.get(k, [])})()
+    out, ev = decontam_by_id(rec, multimap)
+    assert out is None and ev[0]["reason"] == "eval_same_id" and ev[0]["rows"] == {"coco": 1}
+    index = {b: [("00000000000000fe", "coco-karpathy-test", "coco:9")] for b in bands("00000000000000fe", 4)}
+    mm2 = type("MM", (), {"__getitem__": lambda self, k: index.get(k, [])})()
+    out, ev = decontam_by_image(rec, mm2, 4, 4)
+    assert out is None and ev[0]["reason"] == "eval_near_duplicate"
+    far = {**rec, "phash": "ffffffffffff0000"}
+    assert decontam_by_image(far, mm2, 4, 4)[0] is far
+
+
+# ------------------------------------------------------------------------------------------------ SSRF guard
+def test_netguard_refuses_private_unless_allowed():
+    g = NetGuard([])
+    for ip in ("127.0.0.1", "10.1.2.3", "169.254.169.254", "192.168.0.1", "100.64.0.1", "::1", "fe80::1",
+               "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1", "240.0.0.1"):
+        assert not g.address_allowed(ip), ip
+    assert g.address_allowed("93.184.216.34")
+    g2 = NetGuard(["127.0.0.1/32"])
+    assert g2.address_allowed("127.0.0.1") and not g2.address_allowed("127.0.0.2")
+    assert not g2.address_allowed("169.254.169.254")
+
+
+# ------------------------------------------------------------------------------------------------ cache, shard
+def test_fetch_cache_roundtrip_and_atomicity(tmp_path):
+    d = str(tmp_path / "c")
+    assert fetch_cache.load(d, 3) == {}
+    fetch_cache.save(d, 3, {"k1": {"cache_key": "k1", "reason": None, "image": b"abc"},
+                            "k2": {"cache_key": "k2", "reason": "http_404"}})
+    got = fetch_cache.load(d, 3)
+    assert got["k1"]["image"] == b"abc" and got["k2"]["reason"] == "http_404"
+    fetch_cache.save(d, 3, {"k1": {"cache_key": "k1", "reason": None, "image": b"xyz"}})
+    assert fetch_cache.load(d, 3)["k1"]["image"] == b"xyz"
+    assert len([p for p in (tmp_path / "c").iterdir() if p.suffix == ".bin"]) == 1
+
+
+def test_order_key_depends_on_seed():
+    assert order_key("u", 0) == order_key("u", 0) != order_key("u", 1)
