@@ -1,5 +1,5 @@
 """`curate`: build a corpus (`run`), report on any shard set (`stats`), train its tokenizer
-(`tokenizer`), and make or serve the generated test sources (`sources`, `serve`)."""
+(`tokenizer`), and build or serve the generated test sources (`sources build|serve`)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ PASSTHROUGH = {
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="curate", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for verb, (module, help_text) in PASSTHROUGH.items():
+    for verb, (_module, help_text) in PASSTHROUGH.items():
         sub.add_parser(verb, help=help_text, description=help_text + "; see `curate sources -h`",
                        add_help=False)
     for verb, (module, help_text) in VERBS.items():

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
+
+from shards.tomlconfig import load_toml
 
 SOURCE_KINDS = ("cc3m", "cc12m", "coco", "vg")
 EVAL_KINDS = ("coco-karpathy", "vqav2")
@@ -230,6 +231,7 @@ class RunConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    report: bool = True                    # write OUT/report/ (report.html + stats.json, as `curate stats`) at the end
     progress_seconds: float = 5.0          # live progress line every this many seconds (0: off)
 
     def __post_init__(self) -> None:
@@ -314,53 +316,5 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     return RunConfig(**kwargs)
 
 
-def parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one ``key=value`` (dotted key, list indices as numbers) to the raw TOML data, in place."""
-    if "=" not in assignment:
-        raise ValueError(f"--set {assignment!r}: expected key=value")
-    key, text = assignment.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise ValueError(f"--set {assignment!r}: empty part in key {key!r}")
-    node: Any = data
-    for i, part in enumerate(parts[:-1]):
-        where = ".".join(parts[: i + 1])
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ValueError(f"--set {key}: {where!r} is not an index of a list of {len(node)}")
-            node = node[int(part)]
-        else:
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            node = nxt
-        if not isinstance(node, (dict, list)):
-            raise ValueError(f"--set {key}: {where!r} is a value, not a table")
-    last = parts[-1]
-    value = parse_value(text.strip())
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) > len(node):
-            raise ValueError(f"--set {key}: {last!r} is not an index of a list of {len(node)}")
-        if int(last) == len(node):
-            node.append(value)
-        else:
-            node[int(last)] = value
-    else:
-        node[last] = value
-
-
 def load_config(path: str | None, overrides: list[str] = (), *, base: dict[str, Any] | None = None) -> RunConfig:
-    data: dict[str, Any] = dict(base or {})
-    if path:
-        with open(path, "rb") as f:
-            data.update(tomllib.load(f))
-    for assignment in overrides:
-        apply_override(data, assignment)
-    return from_dict(data)
+    return from_dict(load_toml(path, overrides, base=base))

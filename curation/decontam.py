@@ -24,10 +24,18 @@ def coco_ids(record: dict) -> set[int]:
     return ids
 
 
+def _lookup(multimap, key) -> list:
+    """Beam's multimap side input answers [] for a missing key; a plain dict raises."""
+    try:
+        return multimap[key]
+    except KeyError:
+        return []
+
+
 def decontam_by_id(record: dict, eval_ids: dict) -> tuple[dict | None, list[dict]]:
     """``eval_ids``: coco id -> [eval set names] (a Beam multimap side input: missing keys give [])."""
     for cid in sorted(coco_ids(record)):
-        names = ",".join(sorted(set(eval_ids[cid])))
+        names = ",".join(sorted(set(_lookup(eval_ids, cid))))
         if names:
             return None, [record_event("decontam", "eval_same_id", record, f"coco id {cid} in {names}")]
     return record, []
@@ -37,7 +45,7 @@ def decontam_by_image(record: dict, band_index: dict, max_distance: int,
                       num_bands: int) -> tuple[dict | None, list[dict]]:
     """``band_index``: band key -> [(phash, eval set, eval uid)] (multimap: missing keys give [])."""
     for b in bands(record["phash"], num_bands):
-        for h, name, uid in band_index[b]:
+        for h, name, uid in _lookup(band_index, b):
             d = hamming(record["phash"], h)
             if d <= max_distance:
                 return None, [record_event("decontam_image", "eval_near_duplicate", record,

@@ -97,7 +97,7 @@ class Fetcher:
     """Thread-safe; one per worker. ``per_host_connections`` caps concurrent requests per host name."""
 
     def __init__(self, cfg: DownloadConfig):
-        from img2dataset.downloader import is_disallowed   # img2dataset's X-Robots-Tag parser
+        from img2dataset.downloader import is_disallowed  # img2dataset's X-Robots-Tag parser
 
         self.cfg = cfg
         self.guard = NetGuard(cfg.allowed_networks)
@@ -189,7 +189,7 @@ class Fetcher:
                     if length and length.isdigit() and int(length) > cfg.max_bytes:
                         raise _Drop("too_large", f"Content-Length {length}")
                     return self._read_body(resp, deadline)
-                except (socket.timeout, TimeoutError):
+                except TimeoutError:
                     raise _Retry("timeout") from None
                 except (ConnectionError, http.client.HTTPException, ssl.SSLError, OSError) as err:
                     if isinstance(err, http.client.IncompleteRead):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Sequence
+from collections.abc import Sequence
 
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 

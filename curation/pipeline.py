@@ -11,15 +11,14 @@ is scratch for the driver: shard infos and the ledger.
 
 from __future__ import annotations
 
-import typing
-
 import concurrent.futures
 import json
 import os
+import typing
 
 import apache_beam as beam
-from apache_beam.io import ReadFromText, WriteToText
 from apache_beam.coders import BytesCoder
+from apache_beam.io import ReadFromText, WriteToText
 
 from curation import fetch_cache, filters
 from curation.config import RunConfig

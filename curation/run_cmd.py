@@ -29,7 +29,8 @@ from curation import fetch_cache
 from curation.config import RunConfig, load_config
 from curation.funnel import build_funnel, read_progress, summary_table
 
-DEFAULT_RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=0"]
+DEFAULT_RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=0",
+                       "--default_sdk_harness_log_level=WARNING"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -162,6 +163,11 @@ def run(args: argparse.Namespace) -> int:
                    extra={"funnel": {k: funnel[k] for k in ("rows_in", "rows_kept", "rows_dropped", "balanced")}})
 
     print(summary_table(funnel))
+    if cfg.report:
+        # Every corpus comes with its report; the manifest is already final, so the report reads it.
+        from curation.report import build_report
+        paths = build_report(out, os.path.join(out, "report"))
+        print(f"curate run: report {paths.html}")
     print(f"curate run: {funnel['samples_written']} samples in {len(by_group.get(CORPUS, []))} shards under "
           f"{os.path.join(out, 'shards')} ({elapsed:.1f}s); funnel: {os.path.join(out, 'funnel.json')}")
     if not funnel["balanced"]:

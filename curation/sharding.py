@@ -61,7 +61,7 @@ def _prefix_sums(counts: list) -> dict:
 def _positions(item, starts, per_shard):
     (group, b), members = item
     start = starts[(group, b)]
-    for i, (order, r) in enumerate(sorted(members, key=lambda m: m[0])):
+    for i, (_order, r) in enumerate(sorted(members, key=lambda m: m[0])):
         pos = start + i
         yield (group, pos // per_shard), (pos, r)
 

@@ -13,7 +13,8 @@ import hashlib
 import os
 import posixpath
 import uuid
-from typing import IO, Iterator
+from collections.abc import Iterator
+from typing import IO
 
 import fsspec
 

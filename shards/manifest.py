@@ -9,7 +9,8 @@ the file open_clip reads to learn a WebDataset's size, so ``--train-data`` works
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from . import fsutil
 from .schema import SCHEMA_VERSION

@@ -13,8 +13,9 @@ import hashlib
 import json
 import posixpath
 import tarfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from braceexpand import braceexpand
 
@@ -37,7 +38,7 @@ class ReadCounters:
         if len(self.examples) < MAX_ERROR_EXAMPLES:
             self.examples.append(f"{where}: {reason}" + (f": {detail}" if detail else ""))
 
-    def merge(self, other: "ReadCounters") -> None:
+    def merge(self, other: ReadCounters) -> None:
         self.shards += other.shards
         self.samples += other.samples
         self.skipped.update(other.skipped)

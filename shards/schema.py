@@ -88,7 +88,7 @@ class Sample:
 
     @classmethod
     def from_members(cls, key: str, image: bytes, image_ext: str, meta: dict[str, Any] | None,
-                     text: str | None) -> "Sample":
+                     text: str | None) -> Sample:
         """Build a sample from tar members; tolerates img2dataset's JSON (which lacks our fields)."""
         meta = dict(meta or {})
         known = {f.name for f in dataclasses.fields(cls)}

@@ -8,11 +8,13 @@ in the same order give byte-identical tars on every run.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tarfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -123,13 +125,17 @@ class ShardWriter:
         if self._closed:
             return
         self._closed = True
+        # Finish the tar stream into the temporary file (removed just below) so that nothing
+        # writes to it later from a finaliser.
+        with contextlib.suppress(Exception):
+            self._tar.close()
         err = RuntimeError("shard aborted")
         try:
             self._ctx.__exit__(type(err), err, None)
         except RuntimeError:
             pass
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

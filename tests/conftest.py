@@ -11,3 +11,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def pytest_configure(config):
+    # OMP_NUM_THREADS covers torch imported after this file; set it explicitly too, in case a plugin
+    # imported torch first.
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 import random
 
 import numpy as np
 import pytest
 from datasketch import MinHash
-from PIL import Image, ImageEnhance
 
 from curation import fetch_cache, filters
 from curation.config import CaptionFilterConfig, DedupConfig, ImageFilterConfig, load_config

@@ -7,15 +7,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from training.model import FusionModel, MAEPretrainer, ModelConfig, flops_per_sample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: on 2 busy shared cores, OpenMP thread hand-offs cost far more than they save
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _measured_per_sample(model, batch, batch_size: int) -> float:
     with FlopCounterMode(display=False) as counter:
         out = model(batch)

@@ -12,16 +12,6 @@ from safetensors.torch import load_file, save_file
 from training.model import FusionModel, MAEPretrainer, ModelConfig
 from training.model.fusion import info_nce
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: on 2 busy shared cores, OpenMP thread hand-offs cost far more than they save
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 VOCAB, BOS, EOS, PAD = 256, 1, 2, 0
 
 

@@ -6,16 +6,6 @@ import torch
 from training.model import FusionModel, ModelConfig
 from training.model.generate import banned_tokens, generate
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: on 2 busy shared cores, OpenMP thread hand-offs cost far more than they save
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 VOCAB, BOS, EOS, PAD = 64, 1, 2, 0
 CAPTIONS = [[10, 11, 12, 13], [20, 21, 22, 23, 24], [30, 11, 31], [40, 41, 42, 43, 44, 45]]
 

@@ -12,16 +12,6 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel  # noqa: E402
 from training.model import FusionModel, load_llama_text_tower, text_config_from_llama  # noqa: E402
 from training.model.text import TextTransformer  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: on 2 busy shared cores, OpenMP thread hand-offs cost far more than they save
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 VOCAB = 128
 
 

@@ -8,15 +8,6 @@ from training.model import MAEPretrainer, ModelConfig, patchify, unpatchify
 from training.model.mae import random_masking, unshuffle
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: on 2 busy shared cores, OpenMP thread hand-offs cost far more than they save
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _images(batch: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 

@@ -24,14 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "training/configs/tiny.toml")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory) -> Path:
     """A tiny random LlamaForCausalLM saved by transformers, with a SentencePiece tokenizer.model in LLaMA's

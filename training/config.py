@@ -7,10 +7,11 @@ value fails before any process starts, with a message naming the key and what is
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from shards.tomlconfig import load_toml
 
 STAGES = ("mae", "fusion")
 PRECISIONS = ("bf16", "fp32")
@@ -208,37 +209,10 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-        d: dict = {}
-        if path:
-            with open(path, "rb") as f:
-                d = tomllib.load(f)
-        for item in overrides or []:
-            apply_override(d, item)
-        return cls.from_dict(d)
+        return cls.from_dict(load_toml(str(path) if path else None, overrides or ()))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def parse_value(text: str) -> Any:
-    """TOML literal if it parses (1e-3, true, [0.5, 1.0], "x"), else the bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_override(d: dict, item: str) -> None:
-    if "=" not in item:
-        raise ValueError(f"--set expects key=value, got {item!r}")
-    key, _, value = item.partition("=")
-    parts = key.strip().split(".")
-    node = d
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"--set {key}: '{p}' is not a section")
-    node[parts[-1]] = parse_value(value.strip())
 
 
 def _build(cls, d: dict, prefix: str):

@@ -13,9 +13,8 @@
 
 from __future__ import annotations
 
-import typing
-
 import hashlib
+import typing
 
 import apache_beam as beam
 import numpy as np

@@ -13,7 +13,7 @@ TSV files through Beam's splittable ReadFromText (line based, any size), JSON fi
 memory per file; one worker streams each JSON file, whose size then bounds only that worker's time).
 """
 
+from curation.sources.jsonfiles import read_coco, read_karpathy, read_vg, read_vqav2
 from curation.sources.tsv import parse_tsv_line
-from curation.sources.jsonfiles import read_coco, read_vg, read_karpathy, read_vqav2
 
 __all__ = ["parse_tsv_line", "read_coco", "read_vg", "read_karpathy", "read_vqav2"]

@@ -8,7 +8,7 @@ across workers); its size bounds that worker's time, not its memory.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import fsspec
 

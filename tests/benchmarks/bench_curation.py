@@ -144,14 +144,14 @@ def bench_dedup_share(root: Path) -> None:
     for (file, _line, _fn), (_cc, _nc, tt, _ct, _callers) in st.stats.items():
         if f"curation{os.sep}dedup" in file or "datasketch" in file:
             dedup += tt
-    print(f"\n== dedup share of pipeline CPU (cProfile, in-memory runner, tiny sources) ==")
+    print("\n== dedup share of pipeline CPU (cProfile, in-memory runner, tiny sources) ==")
     print(f"dedup functions {dedup:.2f}s of {total:.2f}s total: {100 * dedup / total:.1f}% (goal < 5%)")
 
 
 def bench_scaling(sizes: list[int], root: Path) -> None:
     import apache_beam as beam
-    from apache_beam.io import ReadFromText
     from apache_beam.coders import BytesCoder
+    from apache_beam.io import ReadFromText
 
     from curation.dedup.images import ExactDedup, NearDupImages
     from curation.pipeline import _assemble

@@ -32,6 +32,7 @@ def photo_like_jpeg(rng: np.random.Generator, w: int, h: int) -> bytes:
     """Smooth gradients + mild texture noise: ~0.25 bytes/pixel at quality 90, about what photos give
     (COCO 640x480 JPEGs average ~160 KB); flat test images would flatter the decoder."""
     import io
+
     from PIL import Image
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     base = np.stack([np.sin(x / rng.uniform(20, 90) + rng.uniform(0, 6)) * 80 + 120 + y * 0.1 * c

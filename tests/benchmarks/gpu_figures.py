@@ -24,11 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from training.config import OptimConfig  # noqa: E402
 from training.loop import train_step  # noqa: E402
 from training.metrics import device_peak_flops  # noqa: E402
 from training.model import FusionModel, MAEPretrainer, ModelConfig, flops_per_sample  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
-from training.config import OptimConfig  # noqa: E402
 
 
 def synthetic_batch(cfg: ModelConfig, n: int, device) -> dict:
@@ -81,6 +81,7 @@ def largest_fitting(stage: str, steps: int, device, max_micro: int) -> dict:
 
 def loader_figure(cores: int, images: int = 2048) -> dict:
     import bench_loader
+
     from training.data import Loader, StreamSpec
     with tempfile.TemporaryDirectory() as tmp:
         paths = bench_loader.write_shards(Path(tmp), images, (640, 480), num_shards=max(cores, 2))
