@@ -180,3 +180,25 @@ def test_device_jitter_flip_normalise():
     assert torch.allclose(out[1], ref[1].flip(-1), atol=1e-6)
     dark = jitter_flip_normalise(imgs, torch.tensor([False, False]), torch.tensor([[0.5, 1, 1]] * 2), [0] * 3, [1] * 3)
     assert torch.allclose(dark, imgs.float() / 255 * 0.5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_fused_jitter_equals_torchvision_functional(batched):
+    # factors on both sides of 1 (so every clamp is exercised), a non-square image, both code paths
+    import torchvision.transforms.functional as F
+    gen = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (6, 3, 20, 28), dtype=torch.uint8, generator=gen)
+    imgs[0] = 255                                                  # saturated: brightness clamp matters
+    flip = torch.tensor([True, False, True, False, False, True])
+    jitter = torch.tensor([[1.39, 0.61, 1.38], [0.6, 1.4, 0.62], [1.0, 1.0, 1.0],
+                           [1.25, 1.31, 0.7], [0.8, 0.9, 1.35], [1.1, 0.65, 0.0]])
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    out = jitter_flip_normalise(imgs, flip, jitter, mean, std, batched=batched)
+    for i in range(6):
+        x = imgs[i].float() / 255
+        x = F.hflip(x) if flip[i] else x
+        b, c, s = jitter[i].tolist()
+        x = F.adjust_saturation(F.adjust_contrast(F.adjust_brightness(x, b), c), s)
+        assert torch.allclose(out[i], F.normalize(x, mean, std), atol=1e-5), i
+    assert out.dtype == torch.float32 and out.shape == (6, 3, 20, 28) and out.is_contiguous()
+    assert torch.equal(imgs[0], torch.full_like(imgs[0], 255))    # input left untouched

@@ -4,8 +4,11 @@ Both read the same shards in one process with one torch thread (so images/s == i
 produce normalised float [B,3,224,224] batches with random resized crop, flip and colour jitter:
 - reference: wds.WebDataset(...).decode("pil") + torchvision RandomResizedCrop/RandomHorizontalFlip/
   ColorJitter/ToTensor/Normalize per image, then stacked;
-- ours: training.data.ShardStream (draft JPEG decode + crop straight to 224 in PIL) + the batched
-  tensor jitter/flip/normalise that the trainer runs on the device (here: the same CPU core).
+- ours: training.data.ShardStream (draft JPEG decode + crop straight to 224 in PIL) + the tensor
+  jitter/flip/normalise that the trainer runs on the device (here: the same CPU core, so its CPU path:
+  image by image, in place). Same factor distributions and blend maths as torchvision's ColorJitter
+  (a test checks it against torchvision.transforms.functional); only the order is fixed (brightness,
+  contrast, saturation) where ColorJitter permutes it per image.
 - ours_loader_only: the same without the tensor jitter, i.e. the CPU work per image when the trainer
   runs jitter/flip/normalise on the GPU (as it does); only meaningful where a GPU exists.
 Runs alternate (ref, ours, ref, ours, ...) so machine noise hits both; the median is reported.
