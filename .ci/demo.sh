@@ -82,10 +82,10 @@ COMMON=(--config training/configs/tiny.toml --nproc-per-node 2
         --set "data.shards=$D/corpus" --set "init.tokenizer=$D/corpus/tokenizer.model"
         --set "eval.shards=$D/corpus/eval/coco-karpathy-val")
 train launch "${COMMON[@]}" --set stage=mae --set "run_dir=$D/runs/mae"
-train launch "${COMMON[@]}" --set stage=fusion --set "run_dir=$D/runs/fusion" \
-  --set "init.mae_encoder=$D/runs/mae" --set train.stop_at_step=20
-train launch "${COMMON[@]}" --set stage=fusion --set "run_dir=$D/runs/fusion" \
-  --set "init.mae_encoder=$D/runs/mae"
+FUSION=(--set stage=fusion --set "run_dir=$D/runs/fusion" --set "init.mae_encoder=$D/runs/mae"
+        --set schedule.total_steps=300 --set checkpoint.every_steps=150 --set eval.every_steps=150)
+train launch "${COMMON[@]}" "${FUSION[@]}" --set train.stop_at_step=150   # stops at step 150 ...
+train launch "${COMMON[@]}" "${FUSION[@]}"                                # ... and resumes there to 300
 
 step "5. evaluate on the held-out eval shards"
 evaluate caption --checkpoint "$D/runs/fusion" --data "$D/corpus/eval/coco-karpathy-test" --out "$D/eval/caption"

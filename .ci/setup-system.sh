@@ -3,8 +3,9 @@
 # report's browser test, Rhino so that SPICE's scorer runs on Java 17, Java itself for the COCO
 # caption toolkit. Installs only what is missing, so a second run costs a few dpkg look-ups.
 set -euo pipefail
-want=(libjpeg-dev zlib1g-dev chromium librhino-java default-jre-headless maven fonts-dejavu-core)
+want=(libjpeg-dev zlib1g-dev chromium librhino-java maven fonts-dejavu-core)
 missing=()
+command -v java >/dev/null || missing+=(default-jre-headless)
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done

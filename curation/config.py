@@ -312,6 +312,10 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
         _fail("output", f"must be a string, got {data['output']!r}")
     if "progress_seconds" in data:
         kwargs["progress_seconds"] = float(data.pop("progress_seconds"))
+    if "report" in data:
+        if not isinstance(data["report"], bool):
+            _fail("report", f"must be true or false, got {data['report']!r}")
+        kwargs["report"] = data.pop("report")
     kwargs["output"] = data.pop("output")
     return RunConfig(**kwargs)
 

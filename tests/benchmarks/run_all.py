@@ -47,6 +47,7 @@ def main() -> int:
         t0 = time.time()
         proc = subprocess.run([sys.executable, str(HERE / argv[0]), *argv[1:]], capture_output=True, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # Beam and img2dataset log to stderr; keep it out of the figures unless something failed.
         text = proc.stdout + (proc.stderr if proc.returncode else "")
         print(text, end="")
         (out / f"{name}.txt").write_text(text)
