@@ -44,10 +44,15 @@ def decontam_by_id(record: dict, eval_ids: dict) -> tuple[dict | None, list[dict
 def decontam_by_image(record: dict, band_index: dict, max_distance: int,
                       num_bands: int) -> tuple[dict | None, list[dict]]:
     """``band_index``: band key -> [(phash, eval set, eval uid)] (multimap: missing keys give [])."""
+    # The nearest match, ties by name: a side input's list order differs between runs and runners, and
+    # the drop event (which eval image it names) must not.
+    best = None
     for b in bands(record["phash"], num_bands):
         for h, name, uid in _lookup(band_index, b):
             d = hamming(record["phash"], h)
-            if d <= max_distance:
-                return None, [record_event("decontam_image", "eval_near_duplicate", record,
-                                           f"{name} {uid} at distance {d}")]
+            if d <= max_distance and (best is None or (d, name, uid) < best):
+                best = (d, name, uid)
+    if best is not None:
+        d, name, uid = best
+        return None, [record_event("decontam_image", "eval_near_duplicate", record, f"{name} {uid} at distance {d}")]
     return record, []

@@ -61,7 +61,8 @@ class Progress:
     """Per-process counters flushed every few seconds to ``<dir>/<pid>.json`` (atomic), summed by the driver.
 
     Works whatever process the runner runs a DoFn in (multi-processing DirectRunner, Prism's loopback
-    worker) as long as the output is on a local disk; on a cluster, the runner's metrics UI shows the same
+    worker) as long as it shares the driver's local disk: ``curate run`` puts ``<dir>`` in local scratch
+    whatever the output is (see `curation.run_cmd`). On a cluster, the runner's metrics UI shows the same
     counters (they are also Beam metrics).
     """
 

@@ -6,7 +6,8 @@
 
 Every stage's drops leave through the tagged output ``dropped`` (see `curation.funnel`) and end in
 ``OUT/dropped/`` and the ledger the driver turns into ``funnel.json``. What is written under ``OUT/_work``
-is scratch for the driver: shard infos and the ledger.
+is scratch for the driver: shard infos and the ledger. ``OUT`` may be a local path or any fsspec URL: every
+output is written through fsspec (see `curation.outdir` for why not Beam's ``WriteToText``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import typing
 
 import apache_beam as beam
 from apache_beam.coders import BytesCoder
-from apache_beam.io import ReadFromText, WriteToText
+from apache_beam.io import ReadFromText
 
 from curation import fetch_cache, filters
 from curation.config import RunConfig
@@ -27,16 +28,26 @@ from curation.dedup.captions import CaptionClusterCap, dedupe_record_captions
 from curation.dedup.images import ExactDedup, NearDupImages
 from curation.dedup.phash import bands
 from curation.funnel import DROPPED, Progress, Step, caption_event, ledger_entries, record_event, row_event
+from curation.outdir import WriteLines, WritePartitionedLines
 from curation.sharding import WriteShards
 from curation.sources import jsonfiles
 from curation.sources.group import assemble_picture, assemble_vg
 from curation.sources.tsv import parse_tsv_line
+from shards import fsutil
 
 CORPUS = "corpus"
 
 
 def work_dir(out: str) -> str:
-    return os.path.join(out, "_work")
+    return fsutil.join(out, "_work")
+
+
+def ledger_path(out: str) -> str:
+    return fsutil.join(work_dir(out), "ledger.jsonl")
+
+
+def shard_infos_path(out: str) -> str:
+    return fsutil.join(work_dir(out), "shard_infos.jsonl")
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -325,28 +336,30 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig, *, cache_dir: str, progress
     drops.append(cap_drops)
 
     # -- shard corpus and eval sets
-    dirs = {CORPUS: os.path.join(out, "shards")}
+    dirs = {CORPUS: fsutil.join(out, "shards")}
     for name in eval_set_names(cfg):
-        dirs[name] = os.path.join(out, "eval", name, "shards")
+        dirs[name] = fsutil.join(out, "eval", name, "shards")
     to_write = ((capped | "CorpusGroup" >> beam.Map(lambda r: (CORPUS, r)),
                  prepared_eval.ok | "EvalGroup" >> beam.Map(lambda r: (r["eval_set"], r)))
                 | "ToWrite" >> beam.Flatten())
     infos = to_write | "WriteShards" >> WriteShards(dirs, samples_per_shard=cfg.shard.samples_per_shard,
                                                     seed=cfg.shard.seed)
-    infos | "ShardInfos" >> WriteToText(os.path.join(work_dir(out), "shard_infos"), file_name_suffix=".jsonl")
+    infos | "ShardInfos" >> WriteLines(shard_infos_path(out))    # one line per shard
     ledger.append(capped | "CountKept" >> beam.FlatMap(
         lambda r: [(f"kept|{s}", n) for s, n in r["rows"].items()] + [("samples_written", 1)]))
 
     # -- accounting
     all_drops = drops | "AllDrops" >> beam.Flatten()
+    # As many drop files as fetch partitions: one event per dropped record or caption, so a file holds about
+    # what one fetch partition does (the memory a worker is already sized for).
     all_drops | "DropsJson" >> beam.Map(lambda e: json.dumps(e, sort_keys=True, ensure_ascii=False)) \
-        | "WriteDrops" >> WriteToText(os.path.join(out, "dropped", "dropped"), file_name_suffix=".jsonl")
+        | "WriteDrops" >> WritePartitionedLines(fsutil.join(out, "dropped"), "dropped", n_part)
     ledger.append(all_drops | "DropLedger" >> beam.FlatMap(ledger_entries))
     ledger.append(all_drops | "InFromDrops" >> beam.FlatMap(
         lambda e: [(f"in|{s}", n) for s, n in e["rows"].items()] if e["stage"] == "read" else []))
     (ledger | "AllLedger" >> beam.Flatten() | "SumLedger" >> beam.CombinePerKey(sum)
      | "LedgerJson" >> beam.Map(lambda kv: json.dumps(list(kv)))
-     | "WriteLedger" >> WriteToText(os.path.join(work_dir(out), "ledger"), file_name_suffix=".jsonl"))
+     | "WriteLedger" >> WriteLines(ledger_path(out)))    # a few hundred counters, whatever the corpus size
 
 
 def eval_set_names(cfg: RunConfig) -> list[str]:

@@ -12,22 +12,28 @@ Output layout (``output`` in the config)::
     dropped/dropped-*.jsonl          every drop event (record or caption) with its reason
     _cache/fetch-<hash>/             fetch results per partition (resume); safe to delete
     _work/                           driver scratch (ledger, shard infos)
+    report/report.html, report/stats.json                                         the `curate stats` report
+
+``output`` may be a local path or any fsspec URL (gs://, s3://, file://, ...): every file above is written
+through fsspec, by the driver and by Beam's workers alike (`curation.outdir`), so on a cluster the output
+can be a bucket every worker reaches. Only the live progress counters stay on the driver's local disk.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 
-from curation import fetch_cache
+from curation import fetch_cache, outdir
 from curation.config import RunConfig, load_config
 from curation.funnel import build_funnel, read_progress, summary_table
+from shards import fsutil
 
 DEFAULT_RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=0",
                        "--default_sdk_harness_log_level=WARNING"]
@@ -56,21 +62,6 @@ def _fetch_settings(cfg: RunConfig) -> dict:
     return {"resize": d["resize"], "download": dl, "num_partitions": cfg.download.num_partitions}
 
 
-def _clear(path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    elif os.path.exists(path):
-        os.remove(path)
-
-
-def _read_jsonl(pattern: str) -> list:
-    out = []
-    for path in sorted(glob.glob(pattern)):
-        with open(path) as f:
-            out += [json.loads(line) for line in f if line.strip()]
-    return out
-
-
 class _ProgressPrinter(threading.Thread):
     def __init__(self, progress_dir: str, every: float):
         super().__init__(daemon=True)
@@ -93,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from curation.pipeline import CORPUS, build_pipeline, eval_set_names, work_dir
+    from curation.pipeline import CORPUS, build_pipeline, eval_set_names, ledger_path, shard_infos_path
     from shards import ShardInfo, write_manifest
 
     try:
@@ -102,22 +93,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"curate run: {err}", file=sys.stderr)
         return 2
     out = cfg.output
-    if "://" in out:
-        # Shards go through fsspec; the driver-side accounting files here use the local filesystem.
-        print("curate run: output must be a local path in this version (shards/ supports URLs; the "
-              "driver's accounting does not yet)", file=sys.stderr)
+    runner_args = beam_options(args.beam_args)
+    try:
+        outdir.check(out)
+        outdir.check_runner(out, runner_args)
+    except ValueError as err:
+        print(f"curate run: {err}", file=sys.stderr)
         return 2
-    os.makedirs(out, exist_ok=True)
+    fsutil.makedirs(out)
     # Nothing from an earlier run may look complete while this one runs: the manifests go first.
-    _clear(os.path.join(out, "manifest.json"))
-    for m in glob.glob(os.path.join(out, "eval", "*", "manifest.json")):
-        _clear(m)
+    outdir.remove(fsutil.join(out, "manifest.json"))
+    for edir in fsutil.listdir(fsutil.join(out, "eval")):
+        outdir.remove(fsutil.join(edir, "manifest.json"))
     for d in ("_work", "dropped", "funnel.json"):
-        _clear(os.path.join(out, d))
-    cache_dir = os.path.join(out, "_cache", "fetch-" + fetch_cache.settings_hash(_fetch_settings(cfg)))
-    progress_dir = os.path.join(work_dir(out), "progress")
-
-    options = PipelineOptions(beam_options(args.beam_args))
+        outdir.remove(fsutil.join(out, d))
+    cache_dir = fsutil.join(out, "_cache", "fetch-" + fetch_cache.settings_hash(_fetch_settings(cfg)))
+    # Live progress counters are small files every worker process rewrites each second and the driver
+    # polls: on a local disk that is free, on an object store it would be thousands of billed writes and
+    # listings for a best-effort display. So they always go to a local scratch directory: exact for the
+    # DirectRunner and Prism's loopback workers (same machine); cluster workers write to their own disk,
+    # which nobody reads, and the runner's UI shows the same counters (they are Beam metrics too).
+    progress_dir = tempfile.mkdtemp(prefix="curate-progress-")
+    options = PipelineOptions(runner_args)
     printer = _ProgressPrinter(progress_dir, cfg.progress_seconds) if cfg.progress_seconds > 0 else None
     t0 = time.monotonic()
     if printer:
@@ -128,48 +125,51 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if printer:
             printer.stop.set()
+            printer.join()
+            print(printer.line(), file=sys.stderr, flush=True)
+        shutil.rmtree(progress_dir, ignore_errors=True)
     elapsed = time.monotonic() - t0
-    if printer:
-        print(printer.line(), file=sys.stderr, flush=True)
 
-    ledger = dict(tuple(x) for x in _read_jsonl(os.path.join(work_dir(out), "ledger*.jsonl")))
+    try:
+        # Both are written by every successful pipeline, empty or not: missing means the workers wrote
+        # somewhere this process does not see, and a funnel of nothing must not pass for a result.
+        ledger = dict(tuple(x) for x in outdir.read_jsonl(ledger_path(out)))
+        infos = outdir.read_jsonl(shard_infos_path(out))
+    except FileNotFoundError as err:
+        print(f"curate run: the pipeline finished but its accounting is missing ({err}): Beam's workers "
+              f"did not write to the same {out!r} as this driver sees", file=sys.stderr)
+        return 1
     funnel = build_funnel(ledger, [s.name for s in cfg.sources])
     funnel["seconds"] = round(elapsed, 1)
-    infos = _read_jsonl(os.path.join(work_dir(out), "shard_infos*.jsonl"))
     by_group: dict[str, list] = {}
     for i in infos:
         by_group.setdefault(i["group"], []).append(i)
     # Shards beyond this run's count are leftovers of an earlier, bigger run: remove them.
-    _remove_stale(os.path.join(out, "shards"), {i["info"]["name"] for i in by_group.get(CORPUS, [])})
+    _remove_stale(fsutil.join(out, "shards"), {i["info"]["name"] for i in by_group.get(CORPUS, [])})
     kept_rows = {}
     for i in by_group.get(CORPUS, []):
         for s, n in i["rows"].items():
             kept_rows[s] = kept_rows.get(s, 0) + n
     funnel["rows_kept_in_shards"] = kept_rows   # cross-check of the ledger's kept rows, from the writers
-    tmp = os.path.join(out, ".funnel.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(funnel, f, indent=1, sort_keys=False)
-    os.replace(tmp, os.path.join(out, "funnel.json"))
+    outdir.write_text(fsutil.join(out, "funnel.json"), json.dumps(funnel, indent=1, sort_keys=False))
 
     resolved = cfg.to_dict()
     for name in eval_set_names(cfg):
-        edir = os.path.join(out, "eval", name)
-        os.makedirs(os.path.join(edir, "shards"), exist_ok=True)
-        _remove_stale(os.path.join(edir, "shards"), {i["info"]["name"] for i in by_group.get(name, [])})
+        edir = fsutil.join(out, "eval", name)
+        fsutil.makedirs(fsutil.join(edir, "shards"))
+        _remove_stale(fsutil.join(edir, "shards"), {i["info"]["name"] for i in by_group.get(name, [])})
         write_manifest(edir, [ShardInfo(**i["info"]) for i in by_group.get(name, [])], resolved,
                        extra={"eval_set": name})
-    os.makedirs(os.path.join(out, "shards"), exist_ok=True)
+    fsutil.makedirs(fsutil.join(out, "shards"))
     write_manifest(out, [ShardInfo(**i["info"]) for i in by_group.get(CORPUS, [])], resolved,
                    extra={"funnel": {k: funnel[k] for k in ("rows_in", "rows_kept", "rows_dropped", "balanced")}})
 
     print(summary_table(funnel))
     if cfg.report:
         # Every corpus comes with its report; the manifest is already final, so the report reads it.
-        from curation.report import build_report
-        paths = build_report(out, os.path.join(out, "report"))
-        print(f"curate run: report {paths.html}")
+        print(f"curate run: report {write_report(out)}")
     print(f"curate run: {funnel['samples_written']} samples in {len(by_group.get(CORPUS, []))} shards under "
-          f"{os.path.join(out, 'shards')} ({elapsed:.1f}s); funnel: {os.path.join(out, 'funnel.json')}")
+          f"{fsutil.join(out, 'shards')} ({elapsed:.1f}s); funnel: {fsutil.join(out, 'funnel.json')}")
     if not funnel["balanced"]:
         print("curate run: ERROR: the funnel does not balance (rows in != kept + dropped); see funnel.json",
               file=sys.stderr)
@@ -178,12 +178,45 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _remove_stale(shards_dir: str, keep: set[str]) -> None:
-    for path in glob.glob(os.path.join(shards_dir, "[0-9]*.tar")):
-        name = os.path.basename(path)
-        if name not in keep:
+    for path in outdir.files(shards_dir, ".tar"):
+        name = path.rsplit("/", 1)[-1]
+        if name[:1].isdigit() and name not in keep:
             base = path[:-4]
             for suffix in (".tar", ".parquet", "_stats.json"):
-                _clear(base + suffix)
+                outdir.remove(base + suffix)
+
+
+def write_report(out: str) -> str:
+    """`curate stats` on the finished corpus into ``out/report/``; returns the page's path."""
+    from curation.report import build_report
+    if "://" not in out:
+        return build_report(out, fsutil.join(out, "report")).html
+    from curation.report.page import render_html
+    from shards.stats import StatsConfig, compute_stats
+    funnel_url = fsutil.join(out, "funnel.json")
+    with tempfile.TemporaryDirectory(prefix="curate-report-") as tmp:
+        # shards.stats reads the shards through fsspec, but funnel.json and the decontamination events in
+        # dropped/ only from a local directory: give it local copies, the events reduced to the lines it
+        # reads (those mentioning decontamination), so the report says what a local run's would.
+        local_funnel = os.path.join(tmp, "funnel.json")
+        with open(local_funnel, "wb") as f:
+            f.write(fsutil.read_bytes(funnel_url))
+        os.makedirs(os.path.join(tmp, "dropped"))
+        with open(os.path.join(tmp, "dropped", "decontam.jsonl"), "wb") as f:
+            for path in outdir.files(fsutil.join(out, "dropped"), ".jsonl"):
+                with fsutil.open_read(path) as src:
+                    f.writelines(line for line in src if b"contam" in line)
+        result = compute_stats(out, StatsConfig(), funnel_path=local_funnel)
+    # The report names where its funnel came from: the output's, not the scratch copy.
+    result.stats["input"]["funnel"] = funnel_url
+    if result.stats["funnel"].get("path") == local_funnel:
+        result.stats["funnel"]["path"] = funnel_url
+    report_dir = fsutil.join(out, "report")
+    html = fsutil.join(report_dir, "report.html")
+    # stats.json first, as build_report does: a report.html always has its numbers beside it.
+    outdir.write_text(fsutil.join(report_dir, "stats.json"), json.dumps(result.stats, indent=1, ensure_ascii=False))
+    outdir.write_text(html, render_html(result.stats, result.thumbnails))
+    return html
 
 
 def main(argv: list[str] | None = None) -> int:

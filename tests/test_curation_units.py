@@ -7,9 +7,10 @@ import random
 
 import numpy as np
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 from datasketch import MinHash
 
-from curation import fetch_cache, filters
+from curation import fetch_cache, filters, outdir, run_cmd
 from curation.config import CaptionFilterConfig, DedupConfig, ImageFilterConfig, load_config
 from curation.decontam import decontam_by_id, decontam_by_image
 from curation.dedup import minhash
@@ -21,6 +22,7 @@ from curation.sources.group import assemble_picture, assemble_vg
 from curation.sources.jsonfiles import read_coco, read_vg
 from curation.sources.tsv import parse_tsv_line, url_key
 from curation.synthetic.images import encode, make_variant, random_scene, render_scene
+from shards import fsutil
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -193,6 +195,11 @@ def test_decontam_by_id_and_image():
     assert out is None and ev[0]["reason"] == "eval_near_duplicate"
     far = {**rec, "phash": "ffffffffffff0000"}
     assert decontam_by_image(far, mm2, 4, 4)[0] is far
+    # two eval images in reach: the event names the nearest, whatever order the side input lists them in
+    cands = [("00000000000000fc", "vqav2", "coco:7"), ("00000000000000fe", "coco-karpathy-test", "coco:9")]
+    for order in (cands, cands[::-1]):
+        mm3 = type("MM", (), {"__getitem__": lambda self, k, o=order: o})()
+        assert decontam_by_image(rec, mm3, 4, 4)[1][0]["detail"] == "coco-karpathy-test coco:9 at distance 1"
 
 
 # ------------------------------------------------------------------------------------------------ SSRF guard
@@ -218,6 +225,49 @@ def test_fetch_cache_roundtrip_and_atomicity(tmp_path):
     fetch_cache.save(d, 3, {"k1": {"cache_key": "k1", "reason": None, "image": b"xyz"}})
     assert fetch_cache.load(d, 3)["k1"]["image"] == b"xyz"
     assert len([p for p in (tmp_path / "c").iterdir() if p.suffix == ".bin"]) == 1
+
+
+def test_fetch_cache_on_an_fsspec_url():
+    d = "memory://vlfusion-test-cache/fetch-x"
+    fetch_cache.save(d, 0, {"k1": {"cache_key": "k1", "reason": None, "image": b"abc"}})
+    fetch_cache.save(d, 0, {"k1": {"cache_key": "k1", "reason": None, "image": b"xyz"}})
+    assert fetch_cache.load(d, 0)["k1"]["image"] == b"xyz"
+    names = [p.rsplit("/", 1)[-1] for p in fsutil.listdir(d)]
+    assert names[-1] == "00000.jsonl" and len(names) == 2 and names[0].endswith(".bin")
+    assert fetch_cache.load(d, 1) == {}
+
+
+def test_outdir_writes_on_beam_workers_are_deterministic_files():
+    """Beam's in-process runner (memory:// is per process) writing through fsspec: names and bytes depend
+    on the data only, whatever order it arrives in."""
+    import apache_beam as beam
+
+    lines = [json.dumps({"i": i}) for i in range(50)]
+    for run, order in enumerate((lines, lines[::-1])):
+        root = f"memory://vlfusion-test-outdir/{run}"
+        with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner",
+                                                    "--direct_running_mode=in_memory"])) as p:
+            pc = p | beam.Create(order)
+            pc | "Parts" >> outdir.WritePartitionedLines(f"{root}/dropped", "dropped", 4)
+            pc | "One" >> outdir.WriteLines(f"{root}/all.jsonl")
+            p | "None" >> beam.Create([]) | "Empty" >> outdir.WriteLines(f"{root}/empty.jsonl")
+        files = outdir.files(f"{root}/dropped", ".jsonl")
+        assert 1 < len(files) <= 4
+        got = [json.loads(x) for f in files for x in fsutil.read_bytes(f).decode().splitlines()]
+        assert sorted(g["i"] for g in got) == list(range(50))
+        assert outdir.read_jsonl(f"{root}/all.jsonl") == [json.loads(x) for x in sorted(lines)]
+        assert fsutil.read_bytes(f"{root}/empty.jsonl") == b""
+    for name in ("all.jsonl", "dropped/dropped-00000.jsonl"):
+        assert fsutil.read_bytes(f"memory://vlfusion-test-outdir/0/{name}") == \
+            fsutil.read_bytes(f"memory://vlfusion-test-outdir/1/{name}")
+
+
+def test_output_scheme_fsspec_cannot_open_is_refused_before_running(tmp_path, capsys):
+    toml = tmp_path / "run.toml"
+    toml.write_text('output = "nosuchscheme://bucket/out"\n[[sources]]\nkind = "cc3m"\npath = "a.tsv"\n')
+    assert run_cmd.main(["--config", str(toml)]) == 2
+    assert "nosuchscheme://" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [toml]
 
 
 def test_order_key_depends_on_seed():
