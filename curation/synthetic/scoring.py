@@ -18,7 +18,7 @@ from shards import iter_samples
 TRAIN_DATASETS = ("cc3m", "cc12m", "coco", "vg")
 
 
-def _uid_of(item: dict, vg_coco: dict) -> str:
+def uid_of_item(item: dict, vg_coco: dict) -> str:
     ds, rid = item["dataset"], item["id"]
     if ds in ("cc3m", "cc12m"):
         return url_key(item["url"])
@@ -42,9 +42,9 @@ def dedup_precision_recall(corpus_dir: str | Path, info: SourcesInfo,
                    if a < b and a in keep and b in keep}
     pred_pairs = set()
     for i, a in enumerate(keep):
-        ka = sample_of.get(_uid_of(items[a], vg_coco))
+        ka = sample_of.get(uid_of_item(items[a], vg_coco))
         for b in keep[i + 1:]:
-            if ka is not None and ka == sample_of.get(_uid_of(items[b], vg_coco)):
+            if ka is not None and ka == sample_of.get(uid_of_item(items[b], vg_coco)):
                 pred_pairs.add(frozenset((a, b)))
     tp = len(truth_pairs & pred_pairs)
     precision = tp / len(pred_pairs) if pred_pairs else 1.0
