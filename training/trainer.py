@@ -167,6 +167,12 @@ def to_device(batch: dict, device: torch.device, cfg: RunConfig) -> dict:
     for k in ("input_ids", "attention_mask", "loss_mask", "itc_mask", "is_vqa", "image_id"):
         if k in batch:
             out[k] = batch[k].to(device, non_blocking=nb)
+    if "attention_mask" in batch and batch["attention_mask"].device.type == "cpu":
+        # checked on the loader's host copy, so no device sync: a padding token followed by a real one
+        # anywhere means some row is not right-padded, and the model keeps its explicit padding mask
+        am = batch["attention_mask"].bool()
+        if not bool((am[:, 1:] & ~am[:, :-1]).any()):
+            out["padding_side"] = "right"   # lets the model run maskless causal (flash) attention
     return out
 
 

@@ -56,6 +56,11 @@ class ModelConfig:
     vqa_loss_weight: float = 1.0  # next-token loss on answer tokens of VQA rows
     itc_loss_weight: float = 1.0
     itc_temperature: float = 0.07  # initial value; learned (as log 1/T) afterwards
+    # In training under torch.distributed, score each rank's rows against the embeddings of every rank (an
+    # all-gather with gradients per micro-step): the recipe's 4 samples per GPU would otherwise give 3
+    # negatives, against 255 with 64 GPUs. False = the local micro-batch only (per-rank batches then also
+    # need not have equal sizes).
+    itc_gather: bool = True
     tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
@@ -106,6 +111,9 @@ class ModelConfig:
         for key in ("lm_loss_weight", "vqa_loss_weight", "itc_loss_weight"):
             if not isinstance(getattr(self, key), (int, float)) or getattr(self, key) < 0:
                 raise ValueError(f"{key}={getattr(self, key)!r} must be a number >= 0")
+        for key in ("itc_gather",):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key}={getattr(self, key)!r} must be true or false")
         for key in ("itc_temperature", "text_norm_eps", "rope_theta"):
             if not isinstance(getattr(self, key), (int, float)) or getattr(self, key) <= 0:
                 raise ValueError(f"{key}={getattr(self, key)!r} must be a number > 0")

@@ -6,7 +6,14 @@ Objectives (weights in ModelConfig):
   question never contributes); VQA rows are named by the optional batch["task"] or batch["is_vqa"];
 - itc: symmetric InfoNCE between the image class token and the text tower's last real token, projected into
   a shared space, with a learned temperature, over rows where itc_mask is True; rows sharing batch["image_id"]
-  (captions of one image) are not negatives of each other.
+  (captions of one image) are not negatives of each other. In training under torch.distributed (and
+  cfg.itc_gather), the negatives are the rows of every data-parallel rank, not only the local micro-batch.
+
+Attention: batch["padding_side"] == "right" (every row's real tokens first; the trainer sets it after checking
+the host copy of attention_mask) lets the text tower and fusion stack use plain causal attention with no
+explicit mask, so fused (flash / memory-efficient) kernels can run. Causality already hides the pads that
+follow a real token, real tokens keep positions 0..n-1, and no loss reads a pad position's output. Without
+the flag (left-padded prompts, unknown layouts) the explicit padding mask is built.
 """
 
 from __future__ import annotations
@@ -16,15 +23,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .gather import data_parallel_size, gather_rows, gather_rows_nograd
 from .layers import CrossAttention, GeluMLP, KVCache, SelfAttention, gpt_init
 from .text import TextTransformer, attention_inputs
 from .vit import VisionEncoder
 
 TASKS = ("caption", "vqa")
+PADDING_SIDES = ("right", "left")
 
 
 class FusionLayer(nn.Module):
@@ -92,10 +102,19 @@ class FusionModel(nn.Module):
         return text_h, self.fusion_norm(h)
 
     def lm_logits(
-        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        padding_side: str | None = None,
     ) -> torch.Tensor:
-        """Next-token logits [B, T, V] (position t predicts token t + 1); for scoring and tests."""
-        position_ids, mask = attention_inputs(attention_mask, input_ids.shape[1], input_ids.device)
+        """Next-token logits [B, T, V] (position t predicts token t + 1); for scoring and tests.
+
+        padding_side="right" promises real tokens first in every row (see the module docstring); pad
+        positions' logits then differ from the explicit-mask path, real positions' do not."""
+        T, device = input_ids.shape[1], input_ids.device
+        position_ids, mask = self._attention_inputs(attention_mask, padding_side, T, device)
         _, h = self.decode(input_ids, self.vision(images), position_ids=position_ids, mask=mask)
         return self.logits(h)
 
@@ -106,7 +125,12 @@ class FusionModel(nn.Module):
         optional image_id long [B]: rows with the same id show the same picture (several captions of one image),
         so the contrastive loss does not use them as negatives of each other.
 
-        Returns scalars: loss (weighted total), lm (all target tokens), caption, vqa, itc, itc_scale."""
+        optional padding_side "right" | "left": "right" promises every row is real tokens then padding, which
+        allows the maskless causal fast path (module docstring).
+
+        Returns scalars: loss (weighted total), lm (all target tokens), caption, vqa, itc, itc_scale. Under
+        contrastive gathering (`itc_gather`), itc on one rank is that rank's share scaled so that its mean
+        over ranks is the loss of the concatenated batch (see `info_nce`)."""
         images, input_ids = batch["image"], batch["input_ids"]
         B, T = input_ids.shape
         device = input_ids.device
@@ -114,7 +138,9 @@ class FusionModel(nn.Module):
         attention_mask = (
             torch.ones(B, T, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
         )
-        position_ids, mask = attention_inputs(attention_mask, T, device)
+        position_ids, mask = self._attention_inputs(
+            batch.get("attention_mask"), batch.get("padding_side"), T, device
+        )
 
         image_tokens = self.vision(images)  # [B, 1 + N, Wv]
         text_h, h = self.decode(input_ids, image_tokens, position_ids=position_ids, mask=mask)  # [B, T, C]
@@ -151,7 +177,22 @@ class FusionModel(nn.Module):
         img = F.normalize(self.image_proj(image_pooled).float(), dim=-1)  # [B, E]
         txt = F.normalize(self.text_proj(text_pooled).float(), dim=-1)  # [B, E]
         scale = self.logit_scale.exp().clamp(max=100.0).squeeze(0)  # CLIP's cap keeps the temperature >= 0.01
-        return info_nce(img, txt, scale, itc_mask, image_id), scale
+        # training only: evaluation runs the same batches on every rank, and its loss should not depend on
+        # the world size
+        gather = self.cfg.itc_gather and self.training and data_parallel_size() > 1
+        return info_nce(img, txt, scale, itc_mask, image_id, gather=gather), scale
+
+    @staticmethod
+    def _attention_inputs(
+        attention_mask: torch.Tensor | None, padding_side: str | None, T: int, device: torch.device
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(position_ids, mask) for the text tower and fusion stack; (None, None) = plain causal attention
+        with positions 0..T-1."""
+        if padding_side is not None and padding_side not in PADDING_SIDES:
+            raise ValueError(f"batch['padding_side']={padding_side!r} is not one of {list(PADDING_SIDES)}")
+        if attention_mask is None or padding_side == "right":
+            return None, None
+        return attention_inputs(attention_mask, T, device)
 
     # ------------------------------------------------------------ loading and generation
     def load_mae_encoder(self, state_dict: dict[str, torch.Tensor]) -> None:
@@ -195,6 +236,9 @@ def info_nce(
     scale: torch.Tensor,  # 0-d, 1 / temperature
     itc_mask: torch.Tensor,  # bool [B]
     image_id: torch.Tensor | None = None,  # long [B]
+    *,
+    gather: bool = False,
+    group=None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE over the rows where itc_mask is True; other rows are neither anchors nor negatives.
 
@@ -202,19 +246,43 @@ def info_nce(
     loader yields one row per caption, so a batch often holds two captions (two crops) of one image, and
     pushing them apart as negatives would teach the model to tell apart texts that describe the same thing.
     Each row keeps its own pair as the one positive. Masking (instead of indexing) keeps every parameter in
-    the graph with no host sync, which DDP needs when a batch happens to hold no caption rows."""
-    sim = scale * img @ txt.t()  # [B, B]; row i = image i against every text
-    valid = itc_mask.float()
-    keep = (valid[:, None] * valid[None, :]) > 0
+    the graph with no host sync, which DDP needs when a batch happens to hold no caption rows.
+
+    gather=True (torch.distributed initialised; every rank of `group` calls it with the same B and with
+    image_id given on all or none): the columns are the W*B rows of all ranks, so each local image is scored
+    against every rank's texts and each local text against every rank's images; image_id is global (a hash
+    of the sample key), so captions of one picture on two ranks are not negatives either. Each rank returns
+
+        W * (sum of its valid rows' terms) / (number of valid rows on all ranks)
+
+    whose mean over ranks is exactly the single-process loss on the concatenated batch. The gather's backward
+    sums every rank's gradient for the gathered columns, so the DDP/FSDP-averaged parameter gradient is that
+    loss's gradient too (the W cancels the averaging's 1/W)."""
+    B = img.shape[0]
+    if gather:
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        cols = gather_rows(torch.cat((img, txt), dim=1), group)  # [W*B, 2E]: one collective for both towers
+        img_cols, txt_cols = cols.split(img.shape[1], dim=1)
+        meta = itc_mask.long()[:, None]  # masks and ids in one collective
+        if image_id is not None:
+            meta = torch.cat((meta, image_id.long()[:, None]), dim=1)
+        meta = gather_rows_nograd(meta, group)  # [W*B, 1 or 2]
+        valid_cols, id_cols = meta[:, 0] > 0, None if image_id is None else meta[:, 1]
+    else:
+        world, rank = 1, 0
+        img_cols, txt_cols, valid_cols, id_cols = img, txt, itc_mask.bool(), image_id
+    rows = rank * B + torch.arange(B, device=img.device)  # global index of each local row = its positive
+    valid = itc_mask.bool()
+    keep = valid[:, None] & valid_cols[None, :]  # [B, W*B]
     if image_id is not None:
-        same = image_id[:, None] == image_id[None, :]
-        keep = keep & ~(same & ~torch.eye(len(image_id), dtype=torch.bool, device=same.device))
-    sim = sim.masked_fill(~keep, -1e4)  # finite, so excluded rows give 0 * finite, not NaN
-    labels = torch.arange(sim.shape[0], device=sim.device)
-    per_row = F.cross_entropy(sim, labels, reduction="none") + F.cross_entropy(
-        sim.t(), labels, reduction="none"
-    )  # [B]
-    return _masked_mean(per_row / 2, valid)
+        cols_index = torch.arange(len(valid_cols), device=img.device)
+        same_picture = (image_id[:, None] == id_cols[None, :]) & (rows[:, None] != cols_index[None, :])
+        keep = keep & ~same_picture
+    i2t = (scale * img @ txt_cols.t()).masked_fill(~keep, -1e4)  # finite, so excluded rows give 0 * finite
+    t2i = (scale * txt @ img_cols.t()).masked_fill(~keep, -1e4)  # (keep is symmetric on the full matrix)
+    per_row = F.cross_entropy(i2t, rows, reduction="none") + F.cross_entropy(t2i, rows, reduction="none")
+    total_valid = valid_cols.float().sum().clamp(min=1.0)  # an empty selection gives 0, not NaN
+    return world * (per_row / 2 * valid.float()).sum() / total_valid
 
 
 def _reshape_scalar_logit_scale(module, state_dict, prefix, *args) -> None:
