@@ -186,6 +186,9 @@ class DedupConfig:
     caption_bands: int = 16                # bands x rows = num_perm
     caption_threshold: float = 0.8         # Jaccard estimate at which two captions are near-duplicates
     max_images_per_caption: int = 3        # a caption cluster may caption at most this many distinct images
+    # Merged near-duplicate clusters written with thumbnails of their members to OUT/dedup_examples.jsonl for
+    # the report (those whose kept uid hashes lowest: the same on every run); 0 writes no file.
+    example_clusters: int = 16
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -200,6 +203,7 @@ class DedupConfig:
                                          f"got {self.caption_bands}")
         _check_range("dedup.caption_threshold", self.caption_threshold, 0, 1)
         _check_range("dedup.max_images_per_caption", self.max_images_per_caption, 0)
+        _check_range("dedup.example_clusters", self.example_clusters, 0, 1000)
 
 
 @dataclass(kw_only=True)

@@ -16,10 +16,13 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import http.client
+import importlib
+import importlib.util
 import io
 import random
 import socket
 import ssl
+import sys
 import threading
 import time
 import warnings
@@ -36,12 +39,43 @@ from curation.netguard import BlockedAddress, NetGuard
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 
 
+def img2dataset_module(name: str):
+    """``img2dataset.<name>`` without running img2dataset's package ``__init__``.
+
+    That ``__init__`` imports ``img2dataset.main`` and with it torch, wandb, pandas and webdataset (about 3 s
+    of CPU), none of which the Resizer or the header parser needs; every Beam worker process would pay it.
+    When the package is not imported yet, a stand-in package with the same path is registered whose
+    attributes (``download``, ``main``) load ``img2dataset.main`` on first use, as the real ``__init__`` would
+    have, so a later ``from img2dataset import download`` in the same process still works.
+    """
+    if "img2dataset" not in sys.modules:
+        spec = importlib.util.find_spec("img2dataset")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("img2dataset is not installed")
+        pkg = importlib.util.module_from_spec(spec)     # the module object only; __init__ is not executed
+
+        def __getattr__(attr: str):
+            if attr in ("main", "download"):
+                return getattr(importlib.import_module("img2dataset.main"), attr)
+            raise AttributeError(f"module 'img2dataset' has no attribute {attr!r}")
+
+        pkg.__getattr__ = __getattr__
+        sys.modules.setdefault("img2dataset", pkg)
+    return importlib.import_module(f"img2dataset.{name}")
+
+
 @dataclass
 class FetchResult:
     data: bytes | None          # body when ok
     reason: str | None          # drop reason when not ok
     detail: str = ""
     attempts: int = 0
+
+
+def _is_disallowed(headers, user_agent_token: str, directives: list[str]) -> bool:
+    # img2dataset's X-Robots-Tag parser; its module (and wandb, which it imports) is loaded only once a
+    # response carries the header, as most never do.
+    return img2dataset_module("downloader").is_disallowed(headers, user_agent_token, directives)
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -97,11 +131,8 @@ class Fetcher:
     """Thread-safe; one per worker. ``per_host_connections`` caps concurrent requests per host name."""
 
     def __init__(self, cfg: DownloadConfig):
-        from img2dataset.downloader import is_disallowed  # img2dataset's X-Robots-Tag parser
-
         self.cfg = cfg
         self.guard = NetGuard(cfg.allowed_networks)
-        self._is_disallowed = is_disallowed
         self._host_slots: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
         self.user_agent = f"Mozilla/5.0 (compatible; {cfg.user_agent_token}/1.0; +https://github.com/vlfusion)"
@@ -179,8 +210,8 @@ class Fetcher:
                         raise _Retry(f"http_{status}")
                     if status != 200:
                         raise _Drop(f"http_{status}")
-                    if self.directives and self._is_disallowed(resp.headers, self.cfg.user_agent_token,
-                                                               self.directives):
+                    if (self.directives and resp.headers.get("X-Robots-Tag") is not None
+                            and _is_disallowed(resp.headers, self.cfg.user_agent_token, self.directives)):
                         raise _Drop("x_robots_tag", ",".join(resp.headers.get_all("X-Robots-Tag", [])))
                     ctype = (resp.getheader("Content-Type") or "").lower()
                     if ctype.startswith("text/"):
@@ -235,7 +266,7 @@ class ImagePreparer:
     """Header checks, then img2dataset's Resizer, then the hashes of the stored image."""
 
     def __init__(self, resize: ResizeConfig, max_pixels: int):
-        from img2dataset.resizer import Resizer
+        Resizer = img2dataset_module("resizer").Resizer
 
         self.max_pixels = max_pixels
         self.ext = resize.encode_format

@@ -12,6 +12,7 @@ output is written through fsspec (see `curation.outdir` for why not Beam's ``Wri
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import json
 import os
@@ -20,11 +21,13 @@ import typing
 import apache_beam as beam
 from apache_beam.coders import BytesCoder
 from apache_beam.io import ReadFromText
+from apache_beam.utils.windowed_value import WindowedValue
 
 from curation import fetch_cache, filters
 from curation.config import RunConfig
 from curation.decontam import decontam_by_id, decontam_by_image
 from curation.dedup.captions import CaptionClusterCap, dedupe_record_captions
+from curation.dedup.examples import FILE_NAME as DEDUP_EXAMPLES_FILE
 from curation.dedup.images import ExactDedup, NearDupImages
 from curation.dedup.phash import bands
 from curation.funnel import DROPPED, Progress, Step, caption_event, ledger_entries, record_event, row_event
@@ -161,6 +164,11 @@ class FetchPartition(beam.DoFn):
     Downloads run in ``download.threads`` threads (I/O bound); decoding and resizing run in this thread,
     one image at a time (CPU bound, and img2dataset's Resizer redirects the process's stdout/stderr while
     it works, which is not safe from several threads).
+
+    A partition's downloads are queued as soon as it arrives, and it is finished (prepared, cached, emitted)
+    only when the next partition of the bundle has arrived, or at the end of the bundle: a partition waits
+    for its slowest URL (a timeout, a server that is slow to accept), and meanwhile the threads that are done
+    with it already download the next one instead of idling. At most two partitions are held at once.
     """
 
     def __init__(self, cfg: RunConfig, cache_dir: str, progress_dir: str | None):
@@ -186,13 +194,29 @@ class FetchPartition(beam.DoFn):
         res = self.fetcher.fetch(record["url"])
         return res.data, res.reason, res.detail
 
-    def process(self, item):
+    def start_bundle(self):
+        self._pending = collections.deque()
+
+    def process(self, item, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
         partition, records = item
         records = sorted(records, key=lambda r: r["uid"])
         cached = fetch_cache.load(self.cache_dir, partition)
         todo = [r for r in records if fetch_cache.cache_key(r) not in cached]
+        futures = [self.pool.submit(self._bytes, r) for r in todo]
+        self._pending.append((partition, records, cached, todo, futures, window, timestamp))
+        while len(self._pending) > 1:
+            yield from self._finish(*self._pending.popleft())
+
+    def finish_bundle(self):
+        while self._pending:
+            yield from self._finish(*self._pending.popleft())
+
+    def _finish(self, partition, records, cached, todo, futures, window, timestamp):
+        # Emitted as windowed values: this may run while another element (or none) is being processed.
+        def out(value):
+            return WindowedValue(value, timestamp, (window,))
+
         if todo:
-            futures = [self.pool.submit(self._bytes, r) for r in todo]
             for r, fut in zip(todo, futures):
                 data, reason, detail = fut.result()
                 entry = {"cache_key": fetch_cache.cache_key(r), "uid": r["uid"], "url": r.get("url")}
@@ -210,9 +234,10 @@ class FetchPartition(beam.DoFn):
             e = cached[fetch_cache.cache_key(r)]
             if e.get("reason"):
                 Progress.bump(self.progress_dir, "dropped")
-                yield beam.pvalue.TaggedOutput(DROPPED, record_event("fetch", e["reason"], r, e.get("detail") or ""))
+                yield beam.pvalue.TaggedOutput(
+                    DROPPED, out(record_event("fetch", e["reason"], r, e.get("detail") or "")))
             else:
-                yield {**r, **{k: e[k] for k in _PREPARED_FIELDS}, "image": e["image"]}
+                yield out({**r, **{k: e[k] for k in _PREPARED_FIELDS}, "image": e["image"]})
         Progress.flush()
 
 
@@ -328,7 +353,8 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig, *, cache_dir: str, progress
     drops.append(exact[DROPPED])
     merged, near_drops, near_ledger = exact.kept | "NearDupImages" >> NearDupImages(
         max_distance=cfg.dedup.phash_max_distance, num_bands=nb, rounds=cfg.dedup.label_rounds,
-        progress_dir=progress_dir)
+        progress_dir=progress_dir, example_clusters=cfg.dedup.example_clusters,
+        examples_path=fsutil.join(out, DEDUP_EXAMPLES_FILE))   # a few merged clusters, with thumbnails
     drops.append(near_drops)
     ledger.append(near_ledger)
     records = step(merged, "CaptionNearDup", "dedup_caption", dedupe_record_captions, cfg.dedup)

@@ -10,6 +10,7 @@ Output layout (``output`` in the config)::
     eval/<name>/shards/..., eval/<name>/manifest.json                             each eval set
     funnel.json                      rows in / kept / dropped per source, stage, reason
     dropped/dropped-*.jsonl          every drop event (record or caption) with its reason
+    dedup_examples.jsonl             a few merged near-duplicate clusters with member thumbnails (the report's)
     _cache/fetch-<hash>/             fetch results per partition (resume); safe to delete
     _work/                           driver scratch (ledger, shard infos)
     report/report.html, report/stats.json                                         the `curate stats` report
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from curation.dedup.examples import FILE_NAME as DEDUP_EXAMPLES_FILE
     from curation.pipeline import CORPUS, build_pipeline, eval_set_names, ledger_path, shard_infos_path
     from shards import ShardInfo, write_manifest
 
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     outdir.remove(fsutil.join(out, "manifest.json"))
     for edir in fsutil.listdir(fsutil.join(out, "eval")):
         outdir.remove(fsutil.join(edir, "manifest.json"))
-    for d in ("_work", "dropped", "funnel.json"):
+    for d in ("_work", "dropped", "funnel.json", DEDUP_EXAMPLES_FILE):
         outdir.remove(fsutil.join(out, d))
     cache_dir = fsutil.join(out, "_cache", "fetch-" + fetch_cache.settings_hash(_fetch_settings(cfg)))
     # Live progress counters are small files every worker process rewrites each second and the driver
@@ -191,6 +193,7 @@ def write_report(out: str) -> str:
     from curation.report import build_report
     if "://" not in out:
         return build_report(out, fsutil.join(out, "report")).html
+    from curation.dedup.examples import FILE_NAME as DEDUP_EXAMPLES_FILE
     from curation.report.page import render_html
     from shards.stats import StatsConfig, compute_stats
     funnel_url = fsutil.join(out, "funnel.json")
@@ -206,7 +209,9 @@ def write_report(out: str) -> str:
             for path in outdir.files(fsutil.join(out, "dropped"), ".jsonl"):
                 with fsutil.open_read(path) as src:
                     f.writelines(line for line in src if b"contam" in line)
-        result = compute_stats(out, StatsConfig(), funnel_path=local_funnel)
+        examples = fsutil.join(out, DEDUP_EXAMPLES_FILE)   # read through fsspec, wherever it is
+        result = compute_stats(out, StatsConfig(), funnel_path=local_funnel,
+                               dedup_examples_path=examples if fsutil.exists(examples) else None)
     # The report names where its funnel came from: the output's, not the scratch copy.
     result.stats["input"]["funnel"] = funnel_url
     if result.stats["funnel"].get("path") == local_funnel:

@@ -17,6 +17,7 @@ beside it in `CorpusStats.thumbnails` (key -> JPEG bytes).
 
 from __future__ import annotations
 
+import base64
 import collections
 import hashlib
 import heapq
@@ -55,6 +56,7 @@ class StatsConfig:
     max_tokens: int = 77               # context length the training side truncates to
     contact_sheet_size: int = 24
     num_cluster_examples: int = 6
+    merged_cluster_strips: int = 12    # clusters from dedup_examples.jsonl shown as image strips
     top_k: int = 50
     seed: int = 0
     workers: int | None = None         # None: every core
@@ -66,8 +68,9 @@ class StatsConfig:
         for name in ("max_tokens", "contact_sheet_size", "top_k", "thumb_size", "spill_threshold"):
             if getattr(self, name) < 1:
                 raise ValueError(f"stats.{name}={getattr(self, name)} must be >= 1")
-        if self.num_cluster_examples < 0:
-            raise ValueError(f"stats.num_cluster_examples={self.num_cluster_examples} must be >= 0")
+        for name in ("num_cluster_examples", "merged_cluster_strips"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"stats.{name}={getattr(self, name)} must be >= 0")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"stats.workers={self.workers} must be >= 1 or None (every core)")
 
@@ -650,6 +653,10 @@ def _int_keys(c: dict) -> dict[str, int]:
 
 def find_funnel(spec: Any) -> str | None:
     """funnel.json of the corpus a shard spec points into, if any."""
+    return _find_beside_corpus(spec, "funnel.json")
+
+
+def _find_beside_corpus(spec: Any, name: str) -> str | None:
     if not isinstance(spec, str):
         specs = list(spec)
         if not specs:
@@ -660,8 +667,8 @@ def find_funnel(spec: Any) -> str | None:
         spec = os.path.dirname(spec)
     cands = [spec, os.path.dirname(spec.rstrip("/")), os.path.dirname(os.path.dirname(spec.rstrip("/")))]
     for d in cands:
-        if d and fsutil.is_local(d) and os.path.isfile(os.path.join(d, "funnel.json")):
-            return os.path.join(d, "funnel.json")
+        if d and fsutil.is_local(d) and os.path.isfile(os.path.join(d, name)):
+            return os.path.join(d, name)
     return None
 
 
@@ -763,6 +770,71 @@ def normalise_funnel(funnel: dict | None, path: str | None) -> dict[str, Any]:
     dedup = funnel.get("dedup") if isinstance(funnel.get("dedup"), dict) else {}
     return {"available": True, "path": path, "sources": sources, "totals": totals,
             "dedup": {str(k): v for k, v in sorted(dedup.items()) if isinstance(v, (int, float))}}
+
+
+# ---------------------------------------------------------------------------------------------
+# dedup_examples.jsonl (written by `curate run`, see curation.dedup.examples)
+
+DEDUP_EXAMPLES_FILE = "dedup_examples.jsonl"
+_MEMBER_FIELDS = ("uid", "sources", "url", "original_width", "original_height", "phash", "distance",
+                  "exact_copies", "caption", "thumb_width", "thumb_height", "thumb_error")
+
+
+def find_dedup_examples(spec: Any, funnel_path: str | None) -> str | None:
+    """dedup_examples.jsonl beside the funnel (or the corpus) a shard spec points into, if any."""
+    if funnel_path and fsutil.is_local(funnel_path):
+        beside = os.path.join(os.path.dirname(funnel_path), DEDUP_EXAMPLES_FILE)
+        return beside if os.path.isfile(beside) else None
+    return _find_beside_corpus(spec, DEDUP_EXAMPLES_FILE)
+
+
+def _example_member(m: dict, thumb_key: str, thumbs: dict[str, bytes]) -> dict[str, Any]:
+    out = {k: m[k] for k in _MEMBER_FIELDS if k in m}
+    out["thumb"] = None
+    b64 = m.get("thumb_jpeg_b64")
+    if isinstance(b64, str):
+        try:
+            thumbs[thumb_key] = base64.b64decode(b64, validate=True)
+            out["thumb"] = thumb_key
+        except ValueError:
+            out["thumb_error"] = "thumbnail is not valid base64"
+    return out
+
+
+def read_dedup_examples(path: str | None, limit: int) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """(the report's merged-cluster section, thumbnails by key): the first ``limit`` clusters of the file
+    (it is ordered by a hash of the kept uid: a uniform sample), every line counted, none held but those."""
+    if path is None:
+        return {"available": False, "clusters": [],
+                "note": f"no {DEDUP_EXAMPLES_FILE} beside the shards: only `curate run` writes one, with "
+                        "dedup.example_clusters > 0 (img2dataset output and older corpora have none)"}, {}
+    clusters, thumbs = [], {}
+    in_file = unreadable = 0
+    with fsutil.open_read(path) as f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            try:
+                doc = json.loads(raw)
+                kept, members = doc["kept"], doc["members"]
+                cluster = str(doc["cluster"])
+                if not isinstance(kept, dict) or not isinstance(members, list):
+                    raise ValueError("kept must be an object and members a list")
+            except (ValueError, KeyError, TypeError):
+                unreadable += 1
+                continue
+            in_file += 1
+            if len(clusters) >= limit:
+                continue
+            clusters.append({
+                "cluster": cluster, "priority": doc.get("priority"),
+                "num_members": _num(doc.get("num_members")) or len(members),
+                "kept": _example_member(kept, f"dedup-example/{cluster}/kept", thumbs),
+                "members": [_example_member(m, f"dedup-example/{cluster}/{i}", thumbs)
+                            for i, m in enumerate(members) if isinstance(m, dict)]})
+    return {"available": True, "note": None if in_file else "no near-duplicate cluster was merged",
+            "clusters_in_file": in_file, "shown": len(clusters), "unreadable_lines": unreadable,
+            "clusters": clusters}, thumbs
 
 
 DECONTAM_STAGE_HINTS = ("decontam", "contamin")
@@ -879,9 +951,12 @@ class CorpusStats:
 
 
 def compute_stats(spec: str | Iterable[str], cfg: StatsConfig | None = None, *,
-                  funnel_path: str | None = None, progress: Callable[[int, int], None] | None = None
-                  ) -> CorpusStats:
-    """Statistics of the shard set `spec` (anything `shards.resolve` accepts)."""
+                  funnel_path: str | None = None, dedup_examples_path: str | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> CorpusStats:
+    """Statistics of the shard set `spec` (anything `shards.resolve` accepts).
+
+    ``funnel_path`` and ``dedup_examples_path`` default to the files `curate run` writes beside the corpus.
+    """
     cfg = cfg or StatsConfig()
     if cfg.tokenizer is not None:
         _tokenizer(cfg.tokenizer)   # fail here, once, rather than in every worker
@@ -899,7 +974,13 @@ def compute_stats(spec: str | Iterable[str], cfg: StatsConfig | None = None, *,
             acc.add(part)
             if progress is not None:
                 progress(i + 1, len(refs))
-        return acc.finish(spec_desc=spec_list, num_shards=len(refs), funnel=funnel,
-                          funnel_path=funnel_path)
+        result = acc.finish(spec_desc=spec_list, num_shards=len(refs), funnel=funnel,
+                            funnel_path=funnel_path)
+        examples_path = dedup_examples_path or find_dedup_examples(spec_list, funnel_path)
+        section, thumbs = read_dedup_examples(examples_path, cfg.merged_cluster_strips)
+        result.stats["input"]["dedup_examples"] = examples_path
+        result.stats["duplicates"]["merged_clusters"] = section
+        result.thumbnails.update(thumbs)
+        return result
     finally:
         shutil.rmtree(spill_dir, ignore_errors=True)

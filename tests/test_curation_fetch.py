@@ -103,3 +103,27 @@ def test_user_agent_token_and_per_host_cap(docroot):
         assert "testbot" in f.user_agent
         assert f.fetch(s.url("a.jpg")).reason is None
         assert f._slot("127.0.0.1")._value == 1
+
+
+def test_worker_imports_stay_light(tmp_path):
+    """A Beam worker builds an ImagePreparer and reads X-Robots-Tag headers without img2dataset's package
+    __init__ (torch, wandb, pandas: seconds of start-up per worker), and the real package still loads after."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, email.message\n"
+        "from curation.config import ResizeConfig\n"
+        "from curation.fetch import ImagePreparer, _is_disallowed\n"
+        "ImagePreparer(ResizeConfig(), 10**8)\n"
+        "heavy = sorted(m for m in ('torch', 'wandb', 'pandas', 'img2dataset.main') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "m = email.message.Message(); m['X-Robots-Tag'] = 'noai'\n"
+        "assert _is_disallowed(m, 'vlfusion', ['noai'])\n"
+        "heavy = sorted(m for m in ('torch', 'pandas', 'img2dataset.main') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "from img2dataset import download\n"
+        "assert callable(download) and 'img2dataset.main' in sys.modules\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]

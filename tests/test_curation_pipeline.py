@@ -31,6 +31,7 @@ FAULT_REASON = {"404": "http_404", "500": "http_500", "html": "not_an_image", "e
                 "noai": "x_robots_tag", "noimageai": "x_robots_tag", "redirect-loop": "too_many_redirects",
                 "redirect-private": "blocked_address", "redirect-other": "blocked_address", "slow": "timeout",
                 "truncated": "truncated_image", "bomb": "too_many_pixels"}
+EXAMPLE_CLUSTERS = 5   # fewer than the merged clusters of the tiny sources, so the bound is exercised
 IMAGE_REASON = {"blank_image": "image_near_uniform", "too_small": "image_too_small", "bad_aspect": "image_bad_aspect"}
 
 
@@ -38,7 +39,7 @@ def _config(info, out: Path) -> Path:
     cfg = info.curate_config(str(out))
     cfg["download"].update(timeout=1.0, retries=1, backoff_base=0.01, num_partitions=6, threads=8)
     cfg["shard"] = {"samples_per_shard": 16, "seed": 3}
-    cfg["dedup"] = {"max_images_per_caption": 1}
+    cfg["dedup"] = {"max_images_per_caption": 1, "example_clusters": EXAMPLE_CLUSTERS}
     cfg["progress_seconds"] = 1.0
     path = out.parent / f"{out.name}.toml"
     path.write_text(tomli_w.dumps(cfg))
@@ -133,6 +134,71 @@ def test_dedup_precision_recall(world):
     assert precision >= 0.95 and recall >= 0.95
 
 
+def test_dedup_examples_are_sampled_merged_clusters_with_thumbnails(world):
+    """OUT/dedup_examples.jsonl: the EXAMPLE_CLUSTERS merged clusters whose kept uid hashes lowest, every member a
+    true near-duplicate of the kept one (ground truth), each with a thumbnail of its own image."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from curation.dedup.examples import MAX_MEMBERS, THUMB_PX, cluster_priority
+    from curation.dedup.phash import phash
+    out, truth, info = world["out"], world["truth"], world["info"]
+    docs = [json.loads(line) for line in (out / "dedup_examples.jsonl").read_text().splitlines()]
+    # The merges, as the drop events record them: kept uid -> uids merged into it.
+    merged_into: dict = {}
+    for e in _events(out):
+        if e["reason"] == "merged_near_duplicate":
+            merged_into.setdefault(e["detail"].removeprefix("merged into "), set()).add(e["uid"])
+    assert len(merged_into) > EXAMPLE_CLUSTERS == len(docs)
+    lowest = sorted(merged_into, key=lambda u: (cluster_priority(u), u))[:EXAMPLE_CLUSTERS]
+    assert [d["cluster"] for d in docs] == lowest
+
+    vg_coco = _vg_coco(info)
+    refs_of_uid: dict = {}
+    items_of_uid: dict = {}
+    for it in truth["items"]:
+        if it["expect"] == "keep" and it["dataset"] in ("cc3m", "cc12m", "coco", "vg"):
+            uid = uid_of_item(it, vg_coco)
+            refs_of_uid.setdefault(uid, set()).add(it["ref"])
+            items_of_uid.setdefault(uid, []).append(it)
+    group_of = {ref: i for i, g in enumerate(truth["near_dup_groups"]) for ref in g}
+    for d in docs:
+        kept, members = d["kept"], d["members"]
+        assert kept["uid"] == d["cluster"] and kept["distance"] == 0
+        assert d["num_members"] == len(merged_into[d["cluster"]])
+        assert {m["uid"] for m in members} <= merged_into[d["cluster"]]
+        assert len(members) == min(MAX_MEMBERS, d["num_members"])
+        assert [m["distance"] for m in members] == sorted(m["distance"] for m in members)
+        refs = set().union(*(refs_of_uid[m["uid"]] for m in [kept, *members]))
+        assert len({group_of[r] for r in refs}) == 1, (d["cluster"], sorted(refs))   # one true picture
+        for m in [kept, *members]:
+            assert m["distance"] == (int(m["phash"], 16) ^ int(kept["phash"], 16)).bit_count()
+            its = items_of_uid[m["uid"]]
+            assert {s["dataset"] for s in m["sources"]} <= {i["dataset"] for i in its}
+            assert (m["original_width"], m["original_height"]) in {(i["width"], i["height"]) for i in its}
+            assert m["url"] in {i["url"] for i in its}
+            thumb = base64.b64decode(m["thumb_jpeg_b64"])
+            with Image.open(io.BytesIO(thumb)) as im:
+                assert im.format == "JPEG" and max(im.size) == THUMB_PX >= min(im.size) > 0
+                assert im.size == (m["thumb_width"], m["thumb_height"])
+            # The member's own picture, not the kept one's: its pHash is close to the member's.
+            assert (int(phash(thumb), 16) ^ int(m["phash"], 16)).bit_count() <= 8, m["uid"]
+
+    # The report lists them (no image bytes in stats.json) and draws every member.
+    stats_text = (out / "report" / "stats.json").read_text()
+    section = json.loads(stats_text)["duplicates"]["merged_clusters"]
+    assert "thumb_jpeg_b64" not in stats_text
+    assert section["clusters_in_file"] == section["shown"] == len(docs)
+    assert [[c["kept"]["uid"], *[m["uid"] for m in c["members"]]] for c in section["clusters"]] == \
+        [[d["kept"]["uid"], *[m["uid"] for m in d["members"]]] for d in docs]
+    html = (out / "report" / "report.html").read_text()
+    for d in docs:
+        for m in [d["kept"], *d["members"]]:
+            assert base64.b64decode(m["thumb_jpeg_b64"]) and m["thumb_jpeg_b64"] in html
+
+
 def test_decontamination_and_eval_shards(world):
     out, truth, info = world["out"], world["truth"], world["info"]
     vg_coco = _vg_coco(info)
@@ -172,6 +238,8 @@ def test_rerun_is_byte_identical(world, tmp_path):
     assert run_cmd.main(["--config", str(cfg), "--", "--runner=DirectRunner", "--direct_running_mode=in_memory"]) == 0
     a, b = _shard_digests(world["out"]), _shard_digests(out2)
     assert a == b and len(a) > 6
+    examples = [(o / "dedup_examples.jsonl").read_bytes() for o in (world["out"], out2)]
+    assert examples[0] == examples[1] and examples[0].count(b"\n") == EXAMPLE_CLUSTERS
     f1, f2 = (json.loads((o / "funnel.json").read_text()) for o in (world["out"], out2))
     f1.pop("seconds"), f2.pop("seconds")
     assert f1 == f2
@@ -212,6 +280,7 @@ def test_prism_portable_runner_gives_the_same_corpus(world):
     cfg = _config(world["info"], out4)
     assert run_cmd.main(["--config", str(cfg), "--", *prism_args(binary)]) == 0
     assert _shard_digests(out4) == _shard_digests(world["out"])
+    assert (out4 / "dedup_examples.jsonl").read_bytes() == (world["out"] / "dedup_examples.jsonl").read_bytes()
 
 
 def test_fsspec_url_output_gives_the_same_corpus(world, tmp_path, monkeypatch):
@@ -241,6 +310,7 @@ def test_fsspec_url_output_gives_the_same_corpus(world, tmp_path, monkeypatch):
     # drop events: same files, same bytes (file names and line order depend on the events only)
     drops = {o: {p.name: p.read_bytes() for p in (o / "dropped").iterdir()} for o in (local, out5)}
     assert drops[out5] == drops[local] and len(drops[local]) > 1 and _events(out5)
+    assert (out5 / "dedup_examples.jsonl").read_bytes() == (local / "dedup_examples.jsonl").read_bytes()
     assert glob.glob(str(out5 / "_cache" / "fetch-*" / "*.jsonl"))     # resume cache under the URL too
     assert (out5 / "_work" / "ledger.jsonl").is_file()
     assert not [p for p in out5.rglob("*") if ".tmp" in p.name]        # every atomic write finished
@@ -274,7 +344,7 @@ def test_memory_url_output_in_process_runner(world):
     got = {p.split(inner + "/", 1)[1]: hashlib.sha256(fs.cat_file(p)).hexdigest()
            for p in fs.find(inner) if "/shards/" in p}
     assert got == _shard_digests(world["out"])
-    for name in ("manifest.json", "funnel.json", "report/report.html", "report/stats.json"):
+    for name in ("manifest.json", "funnel.json", "report/report.html", "report/stats.json", "dedup_examples.jsonl"):
         assert fs.exists(f"{inner}/{name}"), name
     assert json.loads(fs.cat_file(f"{inner}/funnel.json"))["balanced"] is True
     fs.rm("/vlfusion-test-run", recursive=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 
@@ -152,6 +153,67 @@ def test_merge_keeps_union_and_quality_rule():
     m = merge_records(kept, [a])
     assert m["captions"] == ["y", "z", "x"] and m["merged"] == ["a"] and m["other_urls"] == ["u1"]
     assert len(m["sources"]) == 2 and m["qa"] == b["qa"]
+
+
+def _dedup_record(uid: str, data: bytes) -> dict:
+    import hashlib
+    import io
+
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        w, h = im.size
+    return {"uid": uid, "url": f"http://127.0.0.1/{uid}.jpg", "captions": [f"picture {uid}"], "qa": [],
+            "sources": [{"dataset": "cc3m", "id": uid}], "original_width": w, "original_height": h,
+            "sha256": hashlib.sha256(data).hexdigest(), "phash": phash(data), "image": data}
+
+
+def _near_dup_examples(records: list[dict], example_clusters: int, root: str) -> tuple[list[dict], list[dict] | None]:
+    import apache_beam as beam
+
+    from curation.dedup.images import NearDupImages
+    path = f"{root}/dedup_examples.jsonl"
+    with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])) as p:
+        merged, _drops, _ledger = p | beam.Create(records) | NearDupImages(
+            max_distance=10, num_bands=8, rounds=4, example_clusters=example_clusters, examples_path=path)
+        merged | beam.Map(lambda r: json.dumps({"uid": r["uid"], "merged": r.get("merged") or []})) \
+            | outdir.WriteLines(f"{root}/merged.jsonl")
+    examples = outdir.read_jsonl(path) if fsutil.exists(path) else None
+    return outdir.read_jsonl(f"{root}/merged.jsonl"), examples
+
+
+def test_near_dup_examples_bounded_sample_of_merged_clusters():
+    """Six merged clusters (one of 11 records) and two singletons: the examples are the clusters whose kept uid
+    hashes lowest, at most `example_clusters`, members capped and closest first; 0 writes nothing."""
+    from curation.dedup.examples import MAX_MEMBERS, cluster_priority
+    from curation.synthetic.images import encode
+    records = []
+    for pic in range(8):
+        base = _scene(100 + pic)
+        records.append(_dedup_record(f"p{pic}-orig", encode(base, quality=90)))
+        copies = 10 if pic == 5 else 1 if pic < 6 else 0
+        records += [_dedup_record(f"p{pic}-q{q}", encode(base, quality=q)) for q in range(40, 40 + 4 * copies, 4)]
+    root = "memory://vlfusion-test-dedup-examples"
+    merged, all_examples = _near_dup_examples(records, 10, f"{root}/all")
+    clusters = {r["uid"]: set(r["merged"]) for r in merged if r["merged"]}
+    assert len(clusters) == 6 and sorted(len(m) for m in clusters.values()) == [1, 1, 1, 1, 1, 10]
+    assert [e["cluster"] for e in all_examples] == sorted(clusters, key=lambda u: (cluster_priority(u), u))
+    by_uid = {r["uid"]: r for r in records}
+    for e in all_examples:
+        members = clusters[e["cluster"]]
+        assert e["num_members"] == len(members) and len(e["members"]) == min(len(members), MAX_MEMBERS)
+        assert {m["uid"] for m in e["members"]} <= members
+        assert [m["distance"] for m in e["members"]] == sorted(m["distance"] for m in e["members"])
+        for m in [e["kept"], *e["members"]]:
+            rec = by_uid[m["uid"]]
+            assert m["phash"] == rec["phash"] and m["distance"] == hamming(rec["phash"], e["kept"]["phash"])
+            assert m["original_width"] == rec["original_width"] and m["sources"] == rec["sources"]
+            assert hamming(phash(base64.b64decode(m["thumb_jpeg_b64"])), rec["phash"]) <= 8
+    _, three = _near_dup_examples(records, 3, f"{root}/three")
+    assert three == all_examples[:3]
+    _, none = _near_dup_examples(records, 0, f"{root}/none")
+    assert none is None
+    with pytest.raises(ValueError, match=r"dedup\.example_clusters"):
+        DedupConfig(example_clusters=-1)
 
 
 # ------------------------------------------------------------------------------------------------ MinHash

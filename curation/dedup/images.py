@@ -10,7 +10,10 @@ Near duplicates, without ever holding the corpus in one process:
 4. labels are quality keys, so the minimum *is* the kept member: largest original pixel count first, then
    the smaller sha256 of the stored image, then the uid (the deterministic tie-break);
 5. every other member is routed to its kept member, merged into it (union of captions, QA, sources,
-   URLs) and counted as dropped ``merged_near_duplicate`` (its rows are accounted there).
+   URLs) and counted as dropped ``merged_near_duplicate`` (its rows are accounted there);
+6. with ``example_clusters`` > 0, a bounded, deterministic sample of the merged clusters is written with
+   thumbnails of its members (up to 8, closest first) to ``examples_path`` (see `curation.dedup.examples`), since the shards keep
+   only the kept image.
 Memory: one band bucket, one node's neighbours, one cluster.
 """
 
@@ -21,6 +24,7 @@ import typing
 import apache_beam as beam
 import numpy as np
 
+from curation.dedup.examples import WriteDedupExamples, cluster_candidate
 from curation.dedup.phash import bands
 from curation.funnel import DROPPED, Progress, record_event
 
@@ -118,11 +122,17 @@ def _route(item, progress_dir=None):
     yield target, ("dup", rec)
 
 
-def _merge(item):
+EXAMPLE = "example"
+
+
+def _merge(item, with_examples: bool = False):
     _uid, parts = item
     selfs = [r for kind, r in parts if kind == "self"]
     dups = [r for kind, r in parts if kind == "dup"]
     assert len(selfs) == 1, f"cluster without its kept member: {_uid}"
+    if dups and with_examples:
+        # Before the merge: afterwards only the kept member's image is left.
+        yield beam.pvalue.TaggedOutput(EXAMPLE, cluster_candidate(selfs[0], dups))
     yield merge_records(selfs[0], dups) if dups else selfs[0]
 
 
@@ -146,12 +156,17 @@ class ExactDedup(beam.PTransform):
 
 
 class NearDupImages(beam.PTransform):
-    """records -> (merged records, drop events, ledger entries)."""
+    """records -> (merged records, drop events, ledger entries); with ``example_clusters`` > 0 it also
+    writes that many merged clusters, with thumbnails, to ``examples_path``."""
 
-    def __init__(self, *, max_distance: int, num_bands: int, rounds: int, progress_dir=None):
+    def __init__(self, *, max_distance: int, num_bands: int, rounds: int, progress_dir=None,
+                 example_clusters: int = 0, examples_path: str | None = None):
         super().__init__()
+        if example_clusters and not examples_path:
+            raise ValueError("example_clusters > 0 needs examples_path")
         self.max_distance, self.num_bands, self.rounds = max_distance, num_bands, rounds
         self.progress_dir = progress_dir
+        self.example_clusters, self.examples_path = example_clusters, examples_path
 
     def expand(self, records):
         nb, md = self.num_bands, self.max_distance
@@ -183,6 +198,11 @@ class NearDupImages(beam.PTransform):
         routed = ({"rec": records | "KeyByUid" >> beam.Map(lambda r: (r["uid"], r)), "lab": labels}
                   | "JoinRecords" >> beam.CoGroupByKey()
                   | "Route" >> beam.FlatMap(_route, self.progress_dir).with_output_types(typing.Any).with_outputs(DROPPED, main="routed"))
-        merged = routed.routed | "GroupCluster" >> beam.GroupByKey() | "Merge" >> beam.FlatMap(_merge)
+        with_examples = self.example_clusters > 0
+        merged = (routed.routed | "GroupCluster" >> beam.GroupByKey()
+                  | "Merge" >> beam.FlatMap(_merge, with_examples).with_output_types(typing.Any)
+                  .with_outputs(EXAMPLE, main="merged"))
+        if with_examples:
+            merged[EXAMPLE] | "DedupExamples" >> WriteDedupExamples(self.examples_path, self.example_clusters)
         ledger = (unconverged, clustered) | "DedupLedger" >> beam.Flatten()
-        return merged, routed[DROPPED], ledger
+        return merged.merged, routed[DROPPED], ledger

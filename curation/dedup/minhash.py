@@ -16,7 +16,6 @@ import hashlib
 import re
 
 import numpy as np
-from datasketch import LeanMinHash, MinHash
 
 _NON_WORD = re.compile(r"[^\w\s]+", re.UNICODE)
 _SPACE = re.compile(r"\s+")
@@ -30,6 +29,10 @@ def normalise_caption(text: str) -> str:
 
 @functools.lru_cache(maxsize=8)
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    # datasketch (and the scipy it pulls in) is imported where used: every Beam worker and the driver import
+    # this module with the pipeline, and only the workers that compute signatures need it.
+    from datasketch import MinHash
+
     a, b = MinHash(num_perm=num_perm, seed=seed).permutations   # affine32: uint32 arrays
     return a.astype(np.uint32), b.astype(np.uint32)
 
@@ -79,7 +82,10 @@ def signatures(captions: list[str], *, num_perm: int, seed: int, ngram: int) -> 
     return np.minimum.reduceat(phv, np.concatenate([[0], np.cumsum(counts)[:-1]]), axis=0)
 
 
-def to_datasketch(sig: np.ndarray, seed: int) -> LeanMinHash:
+def to_datasketch(sig: np.ndarray, seed: int):
+    """-> ``datasketch.LeanMinHash``."""
+    from datasketch import LeanMinHash
+
     return LeanMinHash(seed=seed, hashvalues=sig, scheme="affine32")
 
 

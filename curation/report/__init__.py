@@ -22,7 +22,7 @@ class ReportPaths:
 
 
 def build_report(spec: str | Iterable[str], out_dir: str, *, tokenizer: str | None = None,
-                 funnel: str | None = None, workers: int | None = None, seed: int = 0,
+                 funnel: str | None = None, dedup_examples: str | None = None, workers: int | None = None, seed: int = 0,
                  contact_sheet_size: int = 24, progress=None, **stats_options: Any) -> ReportPaths:
     """Compute the statistics of `spec` and write `out_dir`/stats.json and `out_dir`/report.html."""
     from shards import fsutil
@@ -32,7 +32,7 @@ def build_report(spec: str | Iterable[str], out_dir: str, *, tokenizer: str | No
 
     cfg = StatsConfig(tokenizer=tokenizer, workers=workers, seed=seed, contact_sheet_size=contact_sheet_size,
                       **stats_options)
-    result = compute_stats(spec, cfg, funnel_path=funnel, progress=progress)
+    result = compute_stats(spec, cfg, funnel_path=funnel, dedup_examples_path=dedup_examples, progress=progress)
     fsutil.makedirs(out_dir)
     stats_path = fsutil.join(out_dir, "stats.json")
     html_path = fsutil.join(out_dir, "report.html")

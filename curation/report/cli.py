@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=77, help="context length (default: %(default)s)")
     parser.add_argument("--funnel", default=None,
                         help="funnel.json (default: the one beside the shards' corpus directory, if any)")
+    parser.add_argument("--dedup-examples", default=None,
+                        help="dedup_examples.jsonl of `curate run` (default: the one beside the funnel, if any)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
     parser.add_argument("--samples", type=int, default=24, help="contact-sheet size (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="picks the contact-sheet samples")
@@ -35,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"\rcurate stats: {done}/{total} shards", end="" if done < total else "\n", file=sys.stderr)
 
     try:
-        paths = build_report(spec, args.out, tokenizer=args.tokenizer, funnel=args.funnel, workers=args.workers,
+        paths = build_report(spec, args.out, tokenizer=args.tokenizer, funnel=args.funnel,
+                             dedup_examples=args.dedup_examples, workers=args.workers,
                              seed=args.seed, contact_sheet_size=args.samples, max_tokens=args.max_tokens,
                              verify=args.verify, progress=progress)
     except (FileNotFoundError, ValueError) as e:

@@ -39,6 +39,10 @@ th{background:#f3f5f7}
 .tile img{width:160px;height:160px;object-fit:contain;background:#ddd;display:block;margin:auto}
 .strip{display:flex;gap:12px;align-items:flex-start;border-bottom:1px solid #eee;padding:8px 0}
 .strip img{width:120px;height:120px;object-fit:contain;background:#ddd}
+.dstrip{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;border-bottom:1px solid #eee;padding:8px 0}
+.dstrip figure{margin:0;width:112px;font-size:11px;color:#555;overflow-wrap:anywhere}
+.dstrip img{width:96px;height:96px;object-fit:contain;background:#ddd;display:block}
+.dstrip figure.kept img{outline:3px solid #1f3b5a}
 .chip{display:inline-block;background:#e3ecf7;border-radius:10px;padding:1px 8px;margin:2px;font-size:11px}
 .muted{color:#777;font-size:12px}
 .cols{display:flex;flex-wrap:wrap;gap:24px}
@@ -215,8 +219,10 @@ class Page:
         remaining += (f'Same perceptual hash: {n(ph["phash_values_shared"])} values shared, '
                       f'{n(ph["extra_copies"])} extra copies.</p>' if ph["available"] else
                       'Perceptual hashes: not stored in these shards.</p>')
+        merged_strips = self.merged_cluster_strips(d.get("merged_clusters"))
         if not d["available"]:
-            return f'<section id="duplicates"><h2>Duplicates</h2>{na(d["note"])}{remaining}</section>'
+            return (f'<section id="duplicates"><h2>Duplicates</h2>{na(d["note"])}{remaining}'
+                    f'{merged_strips}</section>')
         strips = []
         for ex in d["examples"]:
             chips = "".join(f'<span class="chip">{e(s)}</span>' for s in ex["sources"])
@@ -232,7 +238,36 @@ class Page:
                 f'several source records ({n(d["records_merged_away"])} records folded into them; largest cluster '
                 f'{n(d["largest_cluster"])}).</p>{remaining}<div class="cols"><div>{self.plot("cluster_sizes")}</div>'
                 f'<div>{table(["cluster size", "images"], list(d["cluster_sizes"].items()))}</div></div>'
-                f'<h3>Largest merged clusters</h3>{"".join(strips) or "<p>none</p>"}</section>')
+                f'<h3>Largest merged clusters</h3>{"".join(strips) or "<p>none</p>"}{merged_strips}</section>')
+
+    def member_figure(self, m: dict[str, Any], label: str, css: str = "") -> str:
+        thumb = self.thumbs.get(m.get("thumb") or "")
+        img = (f'<img alt="{e(label)} {e(m.get("uid"))}" src="{data_uri(thumb, "image/jpeg")}">' if thumb
+               else f'<div class="muted">(no thumbnail{": " + e(m["thumb_error"]) if m.get("thumb_error") else ""})</div>')
+        srcs = ", ".join(f'{s.get("dataset")}:{s.get("id")}' for s in m.get("sources") or [] if isinstance(s, dict))
+        size = f'{n(m.get("original_width"))}x{n(m.get("original_height"))}'
+        return (f'<figure class="{css}" title="{e(m.get("url") or "")}">{img}<b>{e(label)}</b><br>'
+                f'{e(srcs or m.get("uid"))}<br>{size} px'
+                f'<br><span title="pHash">{e(m.get("phash"))}</span></figure>')
+
+    def merged_cluster_strips(self, sec: dict[str, Any] | None) -> str:
+        head = "<h3>Merged clusters, member by member</h3>"
+        if not sec or not sec["available"]:
+            return head + na((sec or {}).get("note") or "no dedup_examples.jsonl")
+        strips = []
+        for c in sec["clusters"]:
+            figs = [self.member_figure(c["kept"], "kept", "kept")]
+            figs += [self.member_figure(m, f'distance {m.get("distance")}') for m in c["members"]]
+            more = c["num_members"] - len(c["members"])
+            tail = f'<div class="muted">+{n(more)} more members</div>' if more > 0 else ""
+            strips.append(f'<div class="dstrip"><div style="width:100%"><b>{n(c["num_members"] + 1)} records</b> '
+                          f'<span class="muted">kept {e(c["cluster"])}; distance = Hamming distance of the '
+                          f'pHash to the kept one</span></div>{"".join(figs)}{tail}</div>')
+        note = (f'<p class="muted">{n(sec["shown"])} of the {n(sec["clusters_in_file"])} merged clusters sampled by '
+                f'<code>curate run</code> (those whose kept uid hashes lowest: the same on every run), each member '
+                f'as fetched, before the merge.' + (f' {n(sec["unreadable_lines"])} unreadable lines skipped.' if sec["unreadable_lines"]
+                             else "") + "</p>")
+        return head + note + ("".join(strips) or f'<p>{e(sec["note"] or "none")}</p>')
 
     def decontamination(self) -> str:
         d = self.s["decontamination"]

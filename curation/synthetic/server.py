@@ -139,6 +139,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 makes a client with 16+ threads wait ~1 s for SYN retries:
+    # benchmarks would measure the test server instead of the downloader.
+    request_queue_size = 128
     owner: FaultServer
 
 

@@ -1,0 +1,116 @@
+"""A small, deterministic sample of merged near-duplicate clusters, with thumbnails: ``OUT/dedup_examples.jsonl``.
+
+The report shows what the near-duplicate stage folded together, so a reader can judge its threshold by eye.
+The shards keep only the kept image of a cluster, so the evidence is taken while the members' images are
+still in hand (the prepared image bytes each record carries into the dedup stage):
+
+1. each merged cluster becomes one candidate ``(priority, kept uid, payload)``; priority is a 64-bit
+   blake2b of the kept uid, so the sample is uniform, and the same on every run, runner and worker count;
+   the payload holds at most ``MAX_MEMBERS`` members (closest to the kept image first) and their images;
+2. ``Top.Smallest(example_clusters)`` keeps the clusters of lowest priority; it is a combiner, so each
+   worker keeps its own bottom-k and only k candidates per worker are shuffled, never every cluster;
+3. the chosen clusters (k at most) get ``THUMB_PX`` JPEG thumbnails and are written as one JSON line each,
+   lowest priority first, atomically, through fsspec (``OUT`` may be a URL).
+
+Line format (``vlfusion-dedup-example/1``)::
+
+    {"format", "cluster": kept uid, "priority": 16 hex digits, "num_members": merged records (all of them),
+     "members_shown": n, "kept": MEMBER, "members": [MEMBER + {"distance"}, ...]}
+    MEMBER = {"uid", "sources": [{"dataset", "id", ...}], "url", "original_width", "original_height",
+              "phash", "distance" (Hamming, to the kept pHash; 0 for the kept one), "exact_copies"
+              (byte-identical records merged into it before), "caption", "thumb_jpeg_b64", "thumb_width",
+              "thumb_height"}
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+
+import apache_beam as beam
+
+from curation.dedup.phash import hamming
+from curation.outdir import write_text
+
+FORMAT = "vlfusion-dedup-example/1"
+FILE_NAME = "dedup_examples.jsonl"
+MAX_MEMBERS = 8      # members shown per cluster: a strip, not a dump of a 10,000-copy placeholder image
+THUMB_PX = 96        # longest side of a thumbnail
+THUMB_QUALITY = 80
+
+
+def cluster_priority(kept_uid: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"dedup-example:{kept_uid}".encode(), digest_size=8).digest(), "big")
+
+
+def _member(rec: dict, kept_phash: str) -> dict:
+    return {"uid": rec["uid"],
+            "sources": [dict(s) for s in rec.get("sources") or []],
+            "url": rec.get("url"),
+            "original_width": rec["original_width"], "original_height": rec["original_height"],
+            "phash": rec["phash"], "distance": hamming(rec["phash"], kept_phash),
+            "exact_copies": len(rec.get("merged") or []),
+            "caption": (rec.get("captions") or [""])[0][:200],
+            "image": rec["image"]}
+
+
+def cluster_candidate(kept: dict, dups: list[dict]) -> tuple[int, str, dict]:
+    """One merged cluster -> (priority, kept uid, payload with the images of at most MAX_MEMBERS members)."""
+    members = sorted((_member(d, kept["phash"]) for d in dups), key=lambda m: (m["distance"], m["uid"]))
+    payload = {"kept": _member(kept, kept["phash"]), "members": members[:MAX_MEMBERS], "num_members": len(dups)}
+    return cluster_priority(kept["uid"]), kept["uid"], payload
+
+
+def thumbnail_jpeg(image: bytes, px: int = THUMB_PX) -> tuple[bytes, int, int]:
+    """(JPEG bytes, width, height), longest side ``px`` at most; JPEGs decode at reduced scale."""
+    from PIL import Image
+    with Image.open(io.BytesIO(image)) as im:
+        im.draft("RGB", (px, px))
+        im = im.convert("RGB")
+        im.thumbnail((px, px))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=THUMB_QUALITY)
+        return buf.getvalue(), im.width, im.height
+
+
+def _with_thumb(member: dict) -> dict:
+    out = {k: v for k, v in member.items() if k != "image"}
+    try:
+        jpeg, w, h = thumbnail_jpeg(member["image"])
+    except Exception as err:   # noqa: BLE001 - the image passed the fetch stage; say why it has no thumbnail
+        out.update(thumb_jpeg_b64=None, thumb_error=f"{type(err).__name__}: {str(err)[:120]}")
+        return out
+    out.update(thumb_jpeg_b64=base64.b64encode(jpeg).decode("ascii"), thumb_width=w, thumb_height=h)
+    return out
+
+
+def example_line(candidate: tuple[int, str, dict]) -> str:
+    priority, uid, payload = candidate
+    doc = {"format": FORMAT, "cluster": uid, "priority": f"{priority:016x}",
+           "num_members": payload["num_members"], "members_shown": len(payload["members"]),
+           "kept": _with_thumb(payload["kept"]), "members": [_with_thumb(m) for m in payload["members"]]}
+    return json.dumps(doc, sort_keys=True, ensure_ascii=False)
+
+
+def write_examples(candidates: list[tuple[int, str, dict]], path: str) -> str:
+    """The chosen candidates -> ``path``, lowest priority first (an empty file when nothing merged)."""
+    lines = [example_line(c) for c in sorted(candidates, key=lambda c: (c[0], c[1]))]
+    write_text(path, "".join(line + "\n" for line in lines))
+    return path
+
+
+class WriteDedupExamples(beam.PTransform):
+    """Cluster candidates -> the ``num_clusters`` of lowest priority, written to ``path`` (one file)."""
+
+    def __init__(self, path: str, num_clusters: int):
+        super().__init__()
+        if num_clusters < 1:
+            raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+        self.path, self.num_clusters = path, num_clusters
+
+    def expand(self, candidates):
+        return (candidates
+                | "BottomK" >> beam.combiners.Top.Smallest(self.num_clusters, key=lambda c: (c[0], c[1]))
+                | "Write" >> beam.Map(write_examples, self.path))
