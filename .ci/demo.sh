@@ -97,3 +97,11 @@ echo "report:     $D/corpus/report/report.html"
 echo "tokenizer:  $D/corpus/tokenizer.model"
 echo "metrics:    $D/runs/fusion/metrics.jsonl"
 echo "scores:     $D/eval/caption/scores.json  $D/eval/vqa/scores.json"
+python - "$D" <<'PY'
+import json, sys
+d = sys.argv[1]
+c = json.load(open(f"{d}/eval/caption/scores.json"))
+v = json.load(open(f"{d}/eval/vqa/scores.json"))
+print(f"captioning: CIDEr {c['CIDEr']:.3f}  SPICE {c['SPICE']:.3f}  BLEU-4 {c['Bleu_4']:.3f}  (tiny model, tiny corpus)")
+print(f"VQA:        accuracy {v['overall']:.2f}%")
+PY
