@@ -142,6 +142,20 @@ def test_candidate_edges_vectorised_hamming():
     assert edges == [(nodes[0][0], nodes[1][0])]
 
 
+def test_candidate_edges_equal_brute_force_across_blocks():
+    # 600 nodes span three row blocks; clustered hashes give many pairs at and around the threshold.
+    rng = random.Random(7)
+    centres = [rng.getrandbits(64) for _ in range(40)]
+    hashes = [c ^ sum(1 << b for b in rng.sample(range(64), rng.randint(0, 12))) for c in centres for _ in range(15)]
+    nodes = [((-i, f"{i:04d}", f"u{i}"), f"{h:016x}") for i, h in enumerate(hashes)]
+    got = list(candidate_edges(("0:00", nodes), 8))
+    ordered = sorted(set(nodes))
+    want = [(a[0], b[0]) for k, a in enumerate(ordered) for b in ordered[k + 1:]
+            if bin(int(a[1], 16) ^ int(b[1], 16)).count("1") <= 8]
+    assert len(want) > 500
+    assert got == want
+
+
 def test_merge_keeps_union_and_quality_rule():
     a = {"uid": "a", "captions": ["x", "y"], "qa": [], "sources": [{"dataset": "cc3m", "id": "1"}], "url": "u1",
          "original_width": 100, "original_height": 100, "sha256": "ff"}

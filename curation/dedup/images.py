@@ -78,21 +78,26 @@ def resolve_exact(item, progress_dir=None):
 
 
 def candidate_edges(item, max_distance: int):
-    """One LSH bucket -> edges (node_a, node_b), a < b, within ``max_distance`` bits."""
+    """One LSH bucket -> edges (node_a, node_b), a < b, within ``max_distance`` bits.
+
+    Every pair of the bucket is compared, so a bucket's cost is quadratic in its size; it is done in
+    blocks of rows (XOR + hardware popcount over a block x remaining-nodes matrix) to keep that constant
+    small and the memory bounded (about 4M cells, 32 MB, per block)."""
     _band, nodes = item
     nodes = sorted(set(nodes))
-    if len(nodes) < 2:
+    n = len(nodes)
+    if n < 2:
         return
-    hashes = np.array([int(h, 16) for _, h in nodes], dtype=np.uint64)
-    for i in range(len(nodes) - 1):
-        x = hashes[i] ^ hashes[i + 1:]
-        # popcount of uint64 via byte view + lookup table
-        dist = _POPCOUNT[x.view(np.uint8).reshape(-1, 8)].sum(axis=1)
-        for j in np.nonzero(dist <= max_distance)[0]:
-            yield nodes[i][0], nodes[i + 1 + j][0]
-
-
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+    hashes = np.fromiter((int(h, 16) for _, h in nodes), dtype=np.uint64, count=n)
+    rows_per_block = max(1, min(256, (1 << 22) // n))
+    for start in range(0, n - 1, rows_per_block):
+        block = hashes[start:start + rows_per_block]
+        rest = hashes[start:]
+        dist = np.bitwise_count(block[:, None] ^ rest[None, :])          # [block, n - start]
+        rows, cols = np.nonzero(dist <= max_distance)                      # row-major: i, then j
+        upper = cols > rows                                                # each pair once, a < b
+        for i, j in zip(rows[upper].tolist(), cols[upper].tolist()):
+            yield nodes[start + i][0], nodes[start + j][0]
 
 
 def _propagate(item):
