@@ -272,6 +272,22 @@ def write_json(path: Path, obj: Any) -> None:
 
 # ---------------------------------------------------------------- the two commands
 
+def _generate_and_gather(cfg: GenerationConfig, d, generate, items) -> list | None:
+    """Load the checkpoint, run ``generate`` on this rank's items, gather the results on rank 0
+    (None on the other ranks)."""
+    model, tokenizer, device, mean, std = _load(cfg, d)
+    local = generate(items, model, tokenizer, device=device, mean=mean, std=std, cfg=cfg,
+                     show_progress=cfg.progress and d.is_main)
+    results = gather_lists(local, d)
+    return results if d.is_main else None
+
+
+def _out_dir(cfg: GenerationConfig) -> Path:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def run_caption_eval(cfg: GenerationConfig, *, spice: bool | str = "auto", log: Callable[[str], None] = print,
                      ) -> dict | None:
     """Generate, gather, write DIR/{captions_results,captions_references,scores}.json; scores on rank 0."""
@@ -283,14 +299,10 @@ def run_caption_eval(cfg: GenerationConfig, *, spice: bool | str = "auto", log: 
         scored = [it for it in items if it.captions]
         if not scored:
             raise ValueError(f"eval shards {cfg.data}: no sample carries reference captions")
-        model, tokenizer, device, mean, std = _load(cfg, d)
-        local = generate_captions(scored, model, tokenizer, device=device, mean=mean, std=std, cfg=cfg,
-                                  show_progress=cfg.progress and d.is_main)
-        results = gather_lists(local, d)
-        if not d.is_main:
+        results = _generate_and_gather(cfg, d, generate_captions, scored)
+        if results is None:
             return None
-        out = Path(cfg.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = _out_dir(cfg)
         order = {it.image_id: it.index for it in items}
         results.sort(key=lambda r: order[r["image_id"]])
         references = coco_caption_annotations(scored)
@@ -317,14 +329,10 @@ def run_vqa_eval(cfg: GenerationConfig, *, log: Callable[[str], None] = print) -
         if len(set(qids)) != len(qids):
             dup = sorted({str(q) for q in qids if qids.count(q) > 1})[:10]
             raise ValueError(f"eval shards {cfg.data}: duplicate question ids {dup}")
-        model, tokenizer, device, mean, std = _load(cfg, d)
-        local = answer_questions(items, model, tokenizer, device=device, mean=mean, std=std, cfg=cfg,
-                                 show_progress=cfg.progress and d.is_main)
-        results = gather_lists(local, d)
-        if not d.is_main:
+        results = _generate_and_gather(cfg, d, answer_questions, items)
+        if results is None:
             return None
-        out = Path(cfg.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = _out_dir(cfg)
         order = {q: i for i, q in enumerate(qids)}
         results.sort(key=lambda r: order[r["question_id"]])
         write_json(out / "vqa_results.json", results)
