@@ -97,20 +97,21 @@ class ReadJsonSource(beam.DoFn):
         Progress.flush()
 
 
-def _assemble_vg(item):
-    frag, drops = assemble_vg(*item)
+def _emit_grouped(result):
+    """A grouping step's (record or None, drops) -> the record, and its drops on the tagged output."""
+    record, drops = result
     for reason, source, rows, detail in drops:
         yield beam.pvalue.TaggedOutput(DROPPED, row_event("group", reason, source, rows, detail))
-    if frag is not None:
-        yield frag
+    if record is not None:
+        yield record
+
+
+def _assemble_vg(item):
+    yield from _emit_grouped(assemble_vg(*item))
 
 
 def _assemble(item):
-    rec, drops = assemble_picture(*item)
-    for reason, source, rows, detail in drops:
-        yield beam.pvalue.TaggedOutput(DROPPED, row_event("group", reason, source, rows, detail))
-    if rec is not None:
-        yield rec
+    yield from _emit_grouped(assemble_picture(*item))
 
 
 # ---------------------------------------------------------------------------------------------- filters
