@@ -14,15 +14,15 @@ to both; on object stores the .jsonl written last is what marks a partition fini
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import uuid
 
 from shards import fsutil
+from shards.hashing import stable_hex
 
 
 def settings_hash(settings: dict) -> str:
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return stable_hex(json.dumps(settings, sort_keys=True), digits=12)
 
 
 def _meta_path(cache_dir: str, partition: int) -> str:
@@ -73,5 +73,5 @@ def save(cache_dir: str, partition: int, entries: dict[str, dict]) -> None:
 
 
 def cache_key(record: dict) -> str:
-    return hashlib.sha1(f"{record['uid']}\n{record.get('local') or ''}\n{record.get('url') or ''}"
-                        .encode()).hexdigest()
+    # One JSON part: uids contain ":", so joining the three with it could make two records collide.
+    return stable_hex(json.dumps([record["uid"], record.get("local") or "", record.get("url") or ""]), digits=40)

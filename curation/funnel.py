@@ -11,8 +11,11 @@ reduced to a few counters (the *ledger*) with a combine: ``in|<source>`` rows re
 <source>`` rows dropped, ``kept|<source>`` rows in written samples, plus record / caption counts. The driver
 turns the ledger into ``funnel.json`` and checks ``rows in == rows kept + rows dropped`` per source.
 
-`Step` wraps a pure function ``record -> (record | None, [event, ...])`` as a Beam DoFn and counts its drops
-in Beam metrics too (for runners' UIs and live progress).
+`Step` wraps a pure function ``record -> (record | None, [event, ...])`` (with side inputs and extra arguments
+when it has them) as a Beam DoFn. Every stage's drop events, whoever emits them (`Step`, the readers, the
+grouping, fetch, the dedup transforms), meet in one `CountDrops` before they are written and reduced to the
+ledger: it is the one place that counts them in Beam metrics (``dropped/<stage>/<reason>``) and in the live
+progress (``dropped`` records), so the live count, the runner's counters and the funnel see the same events.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 DROPPED = "dropped"
-STAGES = ("read", "group", "caption_filter", "decontam", "fetch", "image_filter", "dedup_exact", "dedup_image",
-          "dedup_caption", "decontam_image")
+# In pipeline order (see curation.pipeline): the funnel's "remaining after stage" follows it.
+STAGES = ("read", "group", "caption_filter", "decontam", "fetch", "image_filter", "decontam_image", "dedup_exact",
+          "dedup_image", "dedup_caption")
 
 
 def record_event(stage: str, reason: str, record: dict, detail: str = "") -> dict:
@@ -55,6 +59,11 @@ def ledger_entries(event: dict) -> Iterable[tuple[str, int]]:
     yield f"records_dropped|{stage}|{reason}", 1
     for src, n in event["rows"].items():
         yield f"drop|{stage}|{reason}|{src}", n
+    # Decontamination drops name the eval set(s) the record matched: counted per set here, so the report
+    # reads a few counters from funnel.json instead of every drop event of the corpus.
+    for eval_set in event.get("eval_sets") or ():
+        yield f"decontam|{eval_set}|{stage}|records", 1
+        yield f"decontam|{eval_set}|{stage}|rows", sum(event["rows"].values())
 
 
 class Progress:
@@ -93,13 +102,9 @@ class Progress:
 
     @classmethod
     def _flush_locked(cls) -> None:
+        from shards import fsutil
         try:
-            os.makedirs(cls._dir, exist_ok=True)
-            path = os.path.join(cls._dir, f"{os.getpid()}.json")
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(cls._counts, f)
-            os.replace(tmp, path)
+            fsutil.atomic_write_bytes(os.path.join(cls._dir, f"{os.getpid()}.json"), json.dumps(cls._counts).encode())
         except OSError:
             pass   # progress is best effort; accounting does not depend on it
 
@@ -123,23 +128,36 @@ def read_progress(progress_dir: str) -> dict[str, int]:
 
 
 class Step(beam.DoFn):
-    """Run ``fn(record) -> (record | None, events)``; records go to the main output, events to ``dropped``."""
+    """Run ``fn(record, *side_inputs, *args) -> (record | None, events)``; the record goes to the main output,
+    the events to ``dropped`` (counted downstream by `CountDrops`, with every other stage's).
 
-    def __init__(self, stage: str, fn: Callable[[dict], tuple[dict | None, list[dict]]],
-                 progress_dir: str | None = None):
-        self.stage = stage
-        self.fn = fn
-        self.progress_dir = progress_dir
+    Side inputs are what Beam passes after the element (``beam.ParDo(Step(...), side)``); ``args`` are fixed
+    arguments given here. Memory: one record and its events.
+    """
 
-    def process(self, record: dict):
-        out, events = self.fn(record)
+    def __init__(self, stage: str, fn: Callable[..., tuple[dict | None, list[dict]]], *args: Any):
+        self.stage, self.fn, self.args = stage, fn, args
+
+    def process(self, record: dict, *side_inputs):
+        out, events = self.fn(record, *side_inputs, *self.args)
         for ev in events:
-            Metrics.counter(self.stage, ev["reason"]).inc()
-            if ev["kind"] == "record":
-                Progress.bump(self.progress_dir, "dropped")
             yield beam.pvalue.TaggedOutput(DROPPED, ev)
         if out is not None:
             yield out
+
+
+class CountDrops(beam.DoFn):
+    """Every drop event of the run passes here once: Beam metrics per stage and reason, and the live
+    ``dropped`` count of removed records (caption events remove no record). Passes the event on unchanged."""
+
+    def __init__(self, progress_dir: str | None):
+        self.progress_dir = progress_dir
+
+    def process(self, event: dict):
+        Metrics.counter("dropped", f"{event['stage']}/{event['reason']}").inc()
+        if event["kind"] == "record":
+            Progress.bump(self.progress_dir, "dropped")
+        yield event
 
     def finish_bundle(self):
         Progress.flush()
@@ -181,7 +199,19 @@ def build_funnel(ledger: dict[str, int], sources: list[str]) -> dict[str, Any]:
         "stages": ordered,
         "eval_sets": {k.split("|", 1)[1]: v for k, v in sorted(ledger.items()) if k.startswith("eval|")},
         "dedup": {k.split("|", 1)[1]: v for k, v in sorted(ledger.items()) if k.startswith("dedup|")},
+        "decontamination": _decontamination(ledger),
     }
+
+
+def _decontamination(ledger: dict[str, int]) -> dict[str, dict[str, dict[str, int]]]:
+    """eval set -> decontamination stage -> {"records", "rows"} removed for matching it. A record that
+    matches two eval sets counts under both, so per-set rows may sum to more than the stage dropped."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for key, n in sorted(ledger.items()):
+        if key.startswith("decontam|"):
+            _, eval_set, stage, what = key.split("|")
+            out.setdefault(eval_set, {}).setdefault(stage, {"records": 0, "rows": 0})[what] = n
+    return out
 
 
 def summary_table(funnel: dict[str, Any]) -> str:
@@ -199,3 +229,57 @@ def summary_table(funnel: dict[str, Any]) -> str:
                          f"{st['records_dropped'].get(r, 0):>9}{st['captions_dropped'].get(r, 0):>9}")
     lines.append(f"samples written: {funnel['samples_written']}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+FUNNEL_FILE = "funnel.json"
+_FUNNEL_KEYS = ("rows_in", "rows_kept", "rows_dropped", "balanced", "sources", "stages")
+
+
+def read_funnel(path: str) -> dict[str, Any]:
+    """``funnel.json`` as `build_funnel` wrote it, local path or URL; a clear error for anything else."""
+    from shards import fsutil
+    try:
+        data = json.loads(fsutil.read_bytes(path))
+    except ValueError as err:
+        raise ValueError(f"{path}: funnel.json is not JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: funnel must be a JSON object, got {type(data).__name__}")
+    missing = [k for k in _FUNNEL_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"{path}: not a funnel written by `curate run`: missing {', '.join(missing)}")
+    return data
+
+
+def funnel_view(funnel: dict[str, Any] | None, path: str | None) -> dict[str, Any]:
+    """The report's funnel section: per source and in total, rows in, kept, dropped, and per stage (in
+    pipeline order) the rows dropped by reason and the rows remaining after it."""
+    if not funnel:
+        return {"available": False, "note": "no funnel.json beside the shards (only `curate run` writes one)"}
+    order = list(funnel["stages"])
+    sources: dict[str, Any] = {}
+    for name, src in sorted(funnel["sources"].items()):
+        remaining, stages = src["rows_in"], []
+        for stage in order:
+            dropped = {r: n for r, n in sorted(src["dropped"].get(stage, {}).items()) if n}
+            if dropped:
+                remaining -= sum(dropped.values())
+                stages.append({"name": stage, "dropped": dropped, "kept": remaining})
+        sources[name] = {"rows_in": src["rows_in"], "kept": src["rows_kept"], "dropped": src["rows_dropped"],
+                         "balanced": src["balanced"], "stages": stages}
+    remaining, t_stages = funnel["rows_in"], []
+    for stage in order:
+        st = funnel["stages"][stage]
+        dropped = {r: n for r, n in sorted(st["rows_dropped"].items()) if n}
+        remaining -= sum(dropped.values())
+        entry: dict[str, Any] = {"name": stage, "dropped": dropped, "kept": remaining}
+        for k in ("records_dropped", "captions_dropped"):
+            if any(st.get(k, {}).values()):
+                entry[k] = dict(sorted(st[k].items()))
+        t_stages.append(entry)
+    totals = {"rows_in": funnel["rows_in"], "kept": funnel["rows_kept"], "dropped": funnel["rows_dropped"],
+              "stages": t_stages, "balanced": funnel["balanced"],
+              "samples_written": funnel.get("samples_written", 0)}
+    dedup = funnel.get("dedup") or {}
+    return {"available": True, "path": path, "sources": sources, "totals": totals,
+            "dedup": {str(k): v for k, v in sorted(dedup.items()) if isinstance(v, (int, float))}}

@@ -11,7 +11,6 @@ retried or speculatively duplicated bundle rewrites the same bytes under the sam
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 
@@ -19,6 +18,7 @@ import apache_beam as beam
 import fsspec
 
 from shards import fsutil
+from shards.hashing import stable_bucket
 
 
 def check(output: str) -> None:
@@ -101,10 +101,7 @@ class WritePartitionedLines(beam.PTransform):
     def expand(self, lines):
         n, directory, prefix = self.num_files, self.directory, self.prefix
 
-        def part(line: str) -> int:
-            return int.from_bytes(hashlib.sha1(line.encode("utf-8")).digest()[:8], "big") % n
-
-        return (lines | "KeyByHash" >> beam.Map(lambda line: (part(line), line))
+        return (lines | "KeyByHash" >> beam.Map(lambda line: (stable_bucket(n, line), line))
                 | "GroupByFile" >> beam.GroupByKey()
                 | "Write" >> beam.MapTuple(
                     lambda i, group: _write_sorted(group, fsutil.join(directory, f"{prefix}-{i:05d}.jsonl"))))

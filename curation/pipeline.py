@@ -30,7 +30,16 @@ from curation.dedup.captions import CaptionClusterCap, dedupe_record_captions
 from curation.dedup.examples import FILE_NAME as DEDUP_EXAMPLES_FILE
 from curation.dedup.images import ExactDedup, NearDupImages
 from curation.dedup.phash import bands
-from curation.funnel import DROPPED, Progress, Step, caption_event, ledger_entries, record_event, row_event
+from curation.funnel import (
+    DROPPED,
+    CountDrops,
+    Progress,
+    Step,
+    caption_event,
+    ledger_entries,
+    record_event,
+    row_event,
+)
 from curation.outdir import WriteLines, WritePartitionedLines
 from curation.sharding import WriteShards
 from curation.sources import jsonfiles
@@ -140,20 +149,6 @@ def image_filter(record: dict, cfg) -> tuple[dict | None, list[dict]]:
     return record, []
 
 
-class SideStep(beam.DoFn):
-    """Like `Step`, for a function that also takes a side input."""
-
-    def __init__(self, fn, *args):
-        self.fn, self.args = fn, args
-
-    def process(self, record, side):
-        out, events = self.fn(record, side, *self.args)
-        for ev in events:
-            yield beam.pvalue.TaggedOutput(DROPPED, ev)
-        if out is not None:
-            yield out
-
-
 # ---------------------------------------------------------------------------------------------- fetching
 _PREPARED_FIELDS = ("ext", "width", "height", "original_width", "original_height", "original_bytes",
                     "sha256", "phash", "pixel_std")
@@ -234,7 +229,6 @@ class FetchPartition(beam.DoFn):
         for r in records:
             e = cached[fetch_cache.cache_key(r)]
             if e.get("reason"):
-                Progress.bump(self.progress_dir, "dropped")
                 yield beam.pvalue.TaggedOutput(
                     DROPPED, out(record_event("fetch", e["reason"], r, e.get("detail") or "")))
             else:
@@ -325,19 +319,13 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig, *, cache_dir: str, progress
     drops.append(grouped[DROPPED])
     records = grouped.r
 
-    def step(pcoll, label, stage, fn, *args):
-        res = pcoll | label >> beam.ParDo(Step(stage, lambda r: fn(r, *args), progress_dir)).with_outputs(
-            DROPPED, main="r")
-        drops.append(res[DROPPED])
-        return res.r
-
-    def side_step(pcoll, label, fn, side, *args):
-        res = pcoll | label >> beam.ParDo(SideStep(fn, *args), side).with_outputs(DROPPED, main="r")
+    def step(pcoll, label, stage, fn, *args, side=()):
+        res = pcoll | label >> beam.ParDo(Step(stage, fn, *args), *side).with_outputs(DROPPED, main="r")
         drops.append(res[DROPPED])
         return res.r
 
     records = step(records, "CaptionFilter", "caption_filter", caption_filter, cfg.caption_filter)
-    records = side_step(records, "DecontamIds", decontam_by_id, beam.pvalue.AsMultiMap(eval_ids))
+    records = step(records, "DecontamIds", "decontam", decontam_by_id, side=[beam.pvalue.AsMultiMap(eval_ids)])
 
     # -- fetch, per partition, cached
     n_part = cfg.download.num_partitions
@@ -346,8 +334,8 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig, *, cache_dir: str, progress
                | "Fetch" >> beam.ParDo(FetchPartition(cfg, cache_dir, progress_dir)).with_outputs(DROPPED, main="r"))
     drops.append(fetched[DROPPED])
     records = step(fetched.r, "ImageFilter", "image_filter", image_filter, cfg.image_filter)
-    records = side_step(records, "DecontamImages", decontam_by_image, beam.pvalue.AsMultiMap(eval_bands),
-                        cfg.decontam.phash_max_distance, nb)
+    records = step(records, "DecontamImages", "decontam_image", decontam_by_image, cfg.decontam.phash_max_distance,
+                   nb, side=[beam.pvalue.AsMultiMap(eval_bands)])
 
     # -- dedup
     exact = records | "ExactDedup" >> ExactDedup(progress_dir)
@@ -376,7 +364,7 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig, *, cache_dir: str, progress
         lambda r: [(f"kept|{s}", n) for s, n in r["rows"].items()] + [("samples_written", 1)]))
 
     # -- accounting
-    all_drops = drops | "AllDrops" >> beam.Flatten()
+    all_drops = count_drops(drops, progress_dir)
     # As many drop files as fetch partitions: one event per dropped record or caption, so a file holds about
     # what one fetch partition does (the memory a worker is already sized for).
     all_drops | "DropsJson" >> beam.Map(lambda e: json.dumps(e, sort_keys=True, ensure_ascii=False)) \
@@ -387,6 +375,13 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig, *, cache_dir: str, progress
     (ledger | "AllLedger" >> beam.Flatten() | "SumLedger" >> beam.CombinePerKey(sum)
      | "LedgerJson" >> beam.Map(lambda kv: json.dumps(list(kv)))
      | "WriteLedger" >> WriteLines(ledger_path(out)))    # a few hundred counters, whatever the corpus size
+
+
+def count_drops(drops: list, progress_dir: str | None):
+    """Every stage's drop events as one PCollection, each counted once by `CountDrops` (metrics, live
+    progress) before the writer and the ledger see it."""
+    return (drops | "AllDrops" >> beam.Flatten()
+            | "CountDrops" >> beam.ParDo(CountDrops(progress_dir)).with_output_types(typing.Any))
 
 
 def eval_set_names(cfg: RunConfig) -> list[str]:

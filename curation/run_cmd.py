@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -191,37 +190,7 @@ def _remove_stale(shards_dir: str, keep: set[str]) -> None:
 def write_report(out: str) -> str:
     """`curate stats` on the finished corpus into ``out/report/``; returns the page's path."""
     from curation.report import build_report
-    if "://" not in out:
-        return build_report(out, fsutil.join(out, "report")).html
-    from curation.dedup.examples import FILE_NAME as DEDUP_EXAMPLES_FILE
-    from curation.report.page import render_html
-    from shards.stats import StatsConfig, compute_stats
-    funnel_url = fsutil.join(out, "funnel.json")
-    with tempfile.TemporaryDirectory(prefix="curate-report-") as tmp:
-        # shards.stats reads the shards through fsspec, but funnel.json and the decontamination events in
-        # dropped/ only from a local directory: give it local copies, the events reduced to the lines it
-        # reads (those mentioning decontamination), so the report says what a local run's would.
-        local_funnel = os.path.join(tmp, "funnel.json")
-        with open(local_funnel, "wb") as f:
-            f.write(fsutil.read_bytes(funnel_url))
-        os.makedirs(os.path.join(tmp, "dropped"))
-        with open(os.path.join(tmp, "dropped", "decontam.jsonl"), "wb") as f:
-            for path in outdir.files(fsutil.join(out, "dropped"), ".jsonl"):
-                with fsutil.open_read(path) as src:
-                    f.writelines(line for line in src if b"contam" in line)
-        examples = fsutil.join(out, DEDUP_EXAMPLES_FILE)   # read through fsspec, wherever it is
-        result = compute_stats(out, StatsConfig(), funnel_path=local_funnel,
-                               dedup_examples_path=examples if fsutil.exists(examples) else None)
-    # The report names where its funnel came from: the output's, not the scratch copy.
-    result.stats["input"]["funnel"] = funnel_url
-    if result.stats["funnel"].get("path") == local_funnel:
-        result.stats["funnel"]["path"] = funnel_url
-    report_dir = fsutil.join(out, "report")
-    html = fsutil.join(report_dir, "report.html")
-    # stats.json first, as build_report does: a report.html always has its numbers beside it.
-    outdir.write_text(fsutil.join(report_dir, "stats.json"), json.dumps(result.stats, indent=1, ensure_ascii=False))
-    outdir.write_text(html, render_html(result.stats, result.thumbnails))
-    return html
+    return build_report(out, fsutil.join(out, "report")).html
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,17 +13,17 @@ Records are grouped by ``group`` (the corpus, or one eval set) so the same trans
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 
 import apache_beam as beam
 
 from shards import Sample, ShardWriter, make_key
+from shards.hashing import stable_hex
 
 
 def order_key(uid: str, seed: int) -> str:
-    return hashlib.sha256(f"{seed}:{uid}".encode()).hexdigest()
+    return stable_hex(seed, uid, digits=32)
 
 
 def to_sample(r: dict) -> Sample:

@@ -1,13 +1,13 @@
 """`curate tokenizer`: train the SentencePiece model of a corpus from its captions and QA text.
 
-Sentences are a bottom-k sample by keyed hash (see `shards.stats.BottomK`): every caption and QA
+Sentences are a bottom-k sample by keyed hash (see `curation.report.sketches.BottomK`): every caption and QA
 row of the corpus gets a 64-bit priority from (seed, sample key, index) and the N smallest win. That
 is a uniform sample without replacement, computed shard by shard on every core, holding N sentences
 at most, and the same whatever the number of workers. 150M captions never sit in memory.
 
 Special pieces, fixed: pad=0 <pad>, unk=1 <unk>, bos=2 <s>, eos=3 </s>. Pad at 0 so that a
 zero-filled id buffer is padding. LM-shipped models (LLaMA: unk=0, bos=1, eos=2, no pad) are read
-through the same `training.tokenizer.Tokenizer`, which maps their pad to unk (see there).
+through the same `shards.tokenizer.Tokenizer`, which maps their pad to unk (see there).
 
 Byte fallback is on by default: characters outside the trained pieces (rare scripts, emoji in
 alt-text) become UTF-8 byte pieces instead of <unk>, so decoding is lossless. It costs 256 ids.
@@ -78,7 +78,7 @@ def sentences_of(sample, include_qa: bool) -> Iterable[str]:
             if not isinstance(q, dict) or not q.get("question"):
                 continue
             answers = [a for a in (q.get("answers") or []) if isinstance(a, str)]
-            # The training text of a VQA row (training.tokenizer.encode_vqa), so "question:" and
+            # The training text of a VQA row (shards.tokenizer.Tokenizer.encode_vqa), so "question:" and
             # "answer:" get pieces of their own like any frequent word.
             yield f"question: {q['question']} answer: {answers[0] if answers else ''}".strip()
 
@@ -88,8 +88,8 @@ def _clean(text: str) -> str:
 
 
 def _sample_shard(args: tuple[Any, TokenizerTrainConfig]) -> tuple[int, list, dict]:
+    from curation.report.sketches import BottomK, hash_priority
     from shards import ReadCounters, iter_shard
-    from shards.stats import BottomK, hash_priority
 
     ref, cfg = args
     counters = ReadCounters()
@@ -110,8 +110,8 @@ def _sample_shard(args: tuple[Any, TokenizerTrainConfig]) -> tuple[int, list, di
 
 def sample_sentences(spec, cfg: TokenizerTrainConfig) -> tuple[list[str], int, dict[str, int]]:
     """(sampled sentences in priority order, sentences seen, read errors by reason)."""
+    from curation.report.sketches import BottomK, map_shards
     from shards import ReadCounters, resolve
-    from shards.stats import BottomK, map_shards
 
     counters = ReadCounters()
     refs = resolve(spec, counters)
@@ -139,7 +139,7 @@ def train_from_sentences(sentences: list[str], out: str, cfg: TokenizerTrainConf
     import sentencepiece as spm
 
     from shards import fsutil
-    from training.tokenizer import Tokenizer
+    from shards.tokenizer import Tokenizer
 
     sentences = [t for t in (_clean(s) for s in sentences) if t]
     if not sentences:

@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .hashing import stable_hex
+
 SCHEMA_VERSION = 1
 
 # Fields that go to the parquet file as plain columns, in this order (img2dataset's first).
@@ -29,7 +31,7 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 def make_key(uid: str) -> str:
     """Deterministic 16-hex-digit key for a picture's uid (no dot: WebDataset splits names there)."""
-    return hashlib.sha1(uid.encode("utf-8")).hexdigest()[:16]
+    return stable_hex(uid, digits=16)
 
 
 def validate_key(key: str) -> str:

@@ -108,14 +108,14 @@ def test_unknown_padding_side_is_refused():
 
 
 def test_trainer_flags_the_real_loaders_batches_and_not_left_padded_ones(tmp_path):
+    from curation.synthetic.corpus import make_shards, train_small_tokenizer
     from training.config import RunConfig
     from training.data import ShardStream, StreamSpec
-    from training.testing import make_corpus, train_tokenizer
     from training.tokenizer import Tokenizer
     from training.trainer import to_device
 
-    shards = make_corpus(tmp_path / "shards", num_shards=1, per_shard=4)
-    tok = train_tokenizer(tmp_path / "tok.model")
+    shards = make_shards(tmp_path / "shards", num_shards=1, per_shard=4)
+    tok = train_small_tokenizer(tmp_path / "tok.model")
     spec = StreamSpec(shards=shards, stage="fusion", seed=1, rank=0, world_size=1, readers_per_rank=1,
                       micro_batch=6, image_size=32, max_tokens=60, shuffle_buffer=4, tokenizer=tok)
     batch = next(iter(ShardStream(spec)))

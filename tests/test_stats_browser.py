@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from stats_corpus import make_corpus, make_img2dataset_shard
 
 from curation.dedup.examples import cluster_candidate, write_examples
 from curation.dedup.phash import phash
 from curation.report import build_report
 from curation.report.browser import check_page, screenshot
 from curation.report.plots import render_all
+from curation.synthetic.corpus import make_corpus, make_img2dataset_shard
 from curation.tokenizer import TokenizerTrainConfig, train_tokenizer
 from shards import iter_samples
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import sentencepiece as spm
-from stats_corpus import caption, make_corpus, make_img2dataset_shard
 
 from curation.report import build_report
+from curation.report.corpus_stats import compute_stats
+from curation.report.shard_stats import StatsConfig
+from curation.synthetic.corpus import caption, make_corpus, make_img2dataset_shard
 from curation.tokenizer import TokenizerTrainConfig, train_from_sentences
-from shards.stats import StatsConfig, compute_stats, normalise_funnel
 
 WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")   # the word definition the report documents
 
@@ -108,36 +109,120 @@ def test_duplicates_decontamination_and_funnel(corpus, stats):
     assert dup["examples"][0]["cluster_size"] == largest
 
     dec = stats["decontamination"]
-    assert dec["per_eval_set"] == {"coco_karpathy_test": 8, "vqav2_val": 2}
-    assert dec["flagged_in_samples"] == {"coco_karpathy_test": 1}
-
-    f = stats["funnel"]
-    assert f["available"] and f["totals"]["rows_in"] == 180 and f["totals"]["kept"] == 120
-    assert [(s["name"], s["kept"]) for s in f["totals"]["stages"]] == [
-        ("fetch", 160), ("quality", 145), ("decontaminate", 135), ("dedup", 120)]
-    assert f["totals"]["stages"][0]["dropped"] == {"http_404": 16, "timeout": 4}
+    assert dec["flagged_in_samples"] == {"coco_karpathy_test": 1}   # make_corpus flags one sample
+    assert stats["funnel"]["available"] is False                     # no funnel.json beside this corpus
 
 
-def test_funnel_written_by_curate_run(tmp_path):
-    """The shape curation.funnel.build_funnel writes (no per-stage 'kept'; drops per source and stage)."""
-    from curation.funnel import build_funnel
-    ledger = {"in|coco": 50, "in|vg": 30, "kept|coco": 38, "kept|vg": 25,
-              "drop|fetch|http_404|coco": 5, "drop|decontam|eval:coco_karpathy_test|coco": 4,
-              "drop|dedup_image|near_duplicate|coco": 3, "drop|fetch|timeout|vg": 5,
-              "records_dropped|fetch|http_404": 5, "captions_dropped|caption_filter|too_short": 7}
-    funnel = build_funnel(ledger, ["coco", "vg"])
-    norm = normalise_funnel(funnel, "funnel.json")
-    assert norm["totals"]["rows_in"] == 80 and norm["totals"]["kept"] == 63
-    stages = {s["name"]: s for s in norm["totals"]["stages"]}
-    assert list(stages) == ["caption_filter", "decontam", "fetch", "dedup_image"]   # pipeline order
-    assert stages["fetch"]["dropped"] == {"http_404": 5, "timeout": 5} and stages["fetch"]["kept"] == 80 - 4 - 10   # decontam runs before fetch
-    assert stages["dedup_image"]["kept"] == 63
-    assert stages["caption_filter"]["captions_dropped"] == {"too_short": 7}
-    assert norm["sources"]["coco"]["stages"][-1]["kept"] == 38
-    (tmp_path / "c").mkdir()
-    make_corpus(tmp_path / "c", num_shards=1, per_shard=5, funnel=funnel)
-    st = compute_stats(str(tmp_path / "c"), StatsConfig(workers=1)).stats
-    assert st["decontamination"]["per_eval_set"] == {"coco_karpathy_test": 4}
+def _drop_events() -> tuple[list[dict], dict[str, int]]:
+    """Drop events made by the real stage functions of `curate run`, and the rows each source read."""
+    from curation.config import CaptionFilterConfig
+    from curation.decontam import decontam_by_id, decontam_by_image
+    from curation.dedup.phash import bands
+    from curation.funnel import caption_event, record_event
+    from curation.pipeline import caption_filter
+
+    def rec(uid, source, rows, cid=None, phash="0" * 16, captions=("a dog on the grass",)):
+        return {"uid": uid, "url": f"http://127.0.0.1/{uid}.jpg", "rows": {source: rows}, "phash": phash,
+                "captions": list(captions), "qa": [],
+                "sources": [{"dataset": source, "id": str(cid if cid is not None else uid)}]}
+
+    eval_ids = {42: ["coco-karpathy-test"], 7: ["coco-karpathy-test", "vqav2"]}
+    events = []
+    for r in (rec("coco:42", "coco", 5, 42), rec("coco:7", "coco", 5, 7), rec("coco:100", "coco", 5, 100)):
+        events += decontam_by_id(r, eval_ids)[1]
+    near = rec("cc3m:9", "cc3m", 2, phash="ffff0000ffff0000")
+    index = {b: [("ffff0000ffff0001", "nocaps", "nocaps:1")] for b in bands(near["phash"], 4)}
+    events += decontam_by_image(near, index, 4, 4)[1]
+    events += caption_filter(rec("cc3m:1", "cc3m", 1, captions=["ok", "a cat sitting on a wooden desk"]),
+                             CaptionFilterConfig())[1]
+    events += [record_event("fetch", "http_404", rec(f"cc3m:{i}", "cc3m", 1)) for i in range(20, 23)]
+    events += [record_event("fetch", "timeout", rec("coco:5", "coco", 5))]
+    events += [caption_event("dedup_caption", "near_duplicate_caption", rec("coco:6", "coco", 5), "a dog")]
+    return events, {"coco": 40, "cc3m": 12}
+
+
+def test_funnel_and_decontamination_from_real_drop_events(tmp_path):
+    """funnel.json written by the real writer (ledger_entries -> build_funnel) from events made by the real
+    stage functions; the report's numbers against counts taken here from the events themselves."""
+    from curation.funnel import build_funnel, ledger_entries
+    events, rows_in = _drop_events()
+    ledger = collections.Counter()
+    for ev in events:
+        for k, n in ledger_entries(ev):
+            ledger[k] += n
+    dropped_rows = collections.Counter()
+    for ev in events:
+        for src, n in ev["rows"].items():
+            dropped_rows[src] += n
+    for src, n in rows_in.items():
+        ledger[f"in|{src}"] = n
+        ledger[f"kept|{src}"] = n - dropped_rows[src]
+    out = make_corpus(tmp_path / "c", num_shards=1, per_shard=5, funnel=build_funnel(dict(ledger), list(rows_in)))
+    st = compute_stats(str(out), StatsConfig(workers=1)).stats
+
+    record_events = [ev for ev in events if ev["kind"] == "record"]
+    by_stage: dict = {}
+    for ev in record_events:
+        by_stage.setdefault(ev["stage"], collections.Counter())[ev["reason"]] += sum(ev["rows"].values())
+    f = st["funnel"]
+    assert f["available"] and f["totals"]["rows_in"] == 52
+    assert f["totals"]["kept"] == 52 - sum(sum(ev["rows"].values()) for ev in record_events)
+    # Pipeline order (curation.funnel.STAGES), rows remaining after each stage.
+    assert [s["name"] for s in f["totals"]["stages"]] == ["caption_filter", "decontam", "fetch", "decontam_image",
+                                                         "dedup_caption"]
+    remaining = 52
+    for s in f["totals"]["stages"]:
+        assert s["dropped"] == dict(by_stage.get(s["name"], {})), s["name"]
+        remaining -= sum(s["dropped"].values())
+        assert s["kept"] == remaining
+    caps = {s["name"]: s.get("captions_dropped") for s in f["totals"]["stages"]}
+    assert caps["caption_filter"] == {"caption_too_short": 1}
+    assert caps["dedup_caption"] == {"near_duplicate_caption": 1}
+    assert {k: v["kept"] for k, v in f["sources"].items()} == {"coco": 40 - 15, "cc3m": 12 - 2 - 3}
+
+    # Per eval set, from the events' eval_sets field: coco:42 (5 rows) in the test split; coco:7 (5 rows) in
+    # both; cc3m:9 (2 rows) near an eval image of nocaps; coco:100 matched nothing.
+    dec = st["decontamination"]
+    assert dec["per_eval_set"] == {"coco-karpathy-test": 10, "nocaps": 2, "vqav2": 5}
+    assert dec["records_per_eval_set"] == {"coco-karpathy-test": 2, "nocaps": 1, "vqav2": 1}
+    assert dec["by_reason"] == {"eval_near_duplicate": 2, "eval_same_id": 10}
+    assert dec["checks_per_eval_set"]["nocaps"] == {"decontam_image": 1}
+
+
+def test_report_of_a_url_output_equals_the_local_one(tmp_path):
+    """One code path: the same corpus, funnel and dedup examples under memory:// give the local report."""
+    import fsspec
+
+    from curation.dedup.examples import FILE_NAME
+    from curation.funnel import build_funnel, ledger_entries
+    events, rows_in = _drop_events()
+    ledger = collections.Counter({f"in|{s}": n for s, n in rows_in.items()})
+    for ev in events:
+        for k, n in ledger_entries(ev):
+            ledger[k] += n
+    local = make_corpus(tmp_path / "c", num_shards=2, per_shard=6, funnel=build_funnel(dict(ledger), list(rows_in)))
+    (local / FILE_NAME).write_text("")   # curate run writes an empty one when nothing merged
+    fs = fsspec.filesystem("memory")
+    url = "memory://vlfusion-report-test/out"
+    try:
+        for path in local.rglob("*"):
+            if path.is_file():
+                fs.pipe_file(f"/vlfusion-report-test/out/{path.relative_to(local)}", path.read_bytes())
+        a = build_report(str(local), str(tmp_path / "report"), workers=1)
+        b = build_report(url, f"{url}/report")
+        s1 = json.loads(Path(a.stats).read_text())
+        s2 = json.loads(fs.cat_file("/vlfusion-report-test/out/report/stats.json"))
+        assert s2["input"]["funnel"] == f"{url}/funnel.json" == s2["funnel"]["path"]
+        assert s2["input"]["dedup_examples"] == f"{url}/{FILE_NAME}"
+        assert s2["funnel"]["available"] and s2["decontamination"]["per_eval_set"]
+        for section in ("totals", "sources", "images", "captions", "vocabulary", "duplicates", "decontamination",
+                        "contact_sheet", "read_errors"):
+            assert s2[section] == s1[section], section
+        assert {k: v for k, v in s2["funnel"].items() if k != "path"} == \
+            {k: v for k, v in s1["funnel"].items() if k != "path"}
+        assert fs.exists("/vlfusion-report-test/out/report/report.html") and b.html == f"{url}/report/report.html"
+    finally:
+        fs.rm("/vlfusion-report-test", recursive=True)
 
 
 def test_same_numbers_whatever_the_workers_and_with_spilling(corpus, stats):
@@ -243,43 +328,11 @@ def test_cli_writes_both_files(corpus, tmp_path, capsys):
     assert "no shards at" in capsys.readouterr().err
 
 
-def test_decontamination_per_eval_set_from_drop_events(tmp_path):
-    """curate run's funnel only has reasons; the eval sets come from its OUT/dropped/*.jsonl events,
-    made here by the real decontamination functions."""
-    from curation.decontam import decontam_by_id, decontam_by_image
-    from curation.funnel import build_funnel
-    eval_ids = {42: ["coco_karpathy_test"], 7: ["coco_karpathy_test", "vqav2_val"]}
-    records = [{"uid": f"coco:{i}", "url": None, "rows": {"coco": 1}, "phash": "0" * 16,
-                "sources": [{"dataset": "coco", "id": str(i)}]} for i in (42, 7, 100)]
-    events = [ev for r in records for ev in decontam_by_id(r, eval_ids)[1]]
-    img_rec = {"uid": "cc3m:9", "url": "http://127.0.0.1/9.jpg", "rows": {"cc3m": 2}, "phash": "ffff0000ffff0000",
-               "sources": [{"dataset": "cc3m", "id": "9"}]}
-    from curation.dedup.phash import bands
-    index = {b: [("ffff0000ffff0001", "nocaps_val", "nocaps:1")] for b in bands(img_rec["phash"], 4)}
-    events += decontam_by_image(img_rec, index, 4, 4)[1]
-    assert len(events) == 3
-    out = make_corpus(tmp_path / "c", num_shards=1, per_shard=4, funnel=None)
-    (out / "dropped").mkdir()
-    (out / "dropped" / "dropped-00000-of-00001.jsonl").write_text(
-        "".join(json.dumps(e) + "\n" for e in events) + json.dumps(
-            {"stage": "fetch", "reason": "http_404", "kind": "record", "rows": {"coco": 1}}) + "\n")
-    ledger = {"in|coco": 10, "in|cc3m": 5, "kept|coco": 7, "kept|cc3m": 2,
-              "drop|decontam|eval_same_id|coco": 2, "drop|decontam_image|eval_near_duplicate|cc3m": 2,
-              "drop|fetch|http_404|coco": 1, "drop|fetch|http_404|cc3m": 1}
-    (out / "funnel.json").write_text(json.dumps(build_funnel(ledger, ["coco", "cc3m"])))
-    st = compute_stats(str(out), StatsConfig(workers=1)).stats
-    dec = st["decontamination"]
-    assert dec["per_eval_set"] == {"coco_karpathy_test": 2, "nocaps_val": 2, "vqav2_val": 1}
-    assert dec["records_per_eval_set"] == {"coco_karpathy_test": 2, "nocaps_val": 1, "vqav2_val": 1}
-    assert dec["by_reason"] == {"eval_same_id": 2, "eval_near_duplicate": 2}
-
-
 def test_cluster_size_from_curate_run_merges(tmp_path):
     import random
 
-    from stats_corpus import make_sample
-
     import shards
+    from curation.synthetic.corpus import make_sample
     rng = random.Random(2)
     samples = [make_sample(rng, f"u{i}") for i in range(6)]
     for s in samples:

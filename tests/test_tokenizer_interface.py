@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import sentencepiece as spm
-from stats_corpus import caption
 
+from curation.synthetic.corpus import caption
 from curation.tokenizer import TokenizerTrainConfig, train_from_sentences
 from training.tokenizer import MAX_LEN, Tokenizer
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import sentencepiece as spm
-from stats_corpus import make_corpus, make_img2dataset_shard
 
 import shards
+from curation.synthetic.corpus import make_corpus, make_img2dataset_shard
 from curation.tokenizer import (
     CorpusTooSmallError,
     TokenizerTrainConfig,

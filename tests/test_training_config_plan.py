@@ -37,8 +37,8 @@ def test_plan_refuses_what_does_not_divide(capsys):
 
 
 def test_plan_counts_steps_per_pass_from_shard_stats(tmp_path):
-    from training.testing import make_corpus
-    make_corpus(tmp_path, num_shards=2, per_shard=5, captions_per_image=2, qa_per_image=1)
+    from curation.synthetic.corpus import make_shards
+    make_shards(tmp_path, num_shards=2, per_shard=5, captions_per_image=2, qa_per_image=1)
     cfg = RunConfig.load(TINY, [f"data.shards={tmp_path}"])
     plan = make_plan(cfg, nnodes=1, nproc_per_node=2)
     assert plan.corpus_samples == 2 * 5 * 3        # every caption and every QA pair is a sample
@@ -91,8 +91,8 @@ def test_no_weight_decay_on_norms_biases_embeddings():
 
 
 def test_launch_dry_run_prints_torchrun_and_slurm_script(tmp_path):
-    from training.testing import make_corpus
-    make_corpus(tmp_path / "c", num_shards=2, per_shard=2)
+    from curation.synthetic.corpus import make_shards
+    make_shards(tmp_path / "c", num_shards=2, per_shard=2)
     cmd = torchrun_command(config="t.toml", overrides=["optim.lr=1e-3"], nnodes=2, nproc_per_node=4,
                            rdzv_endpoint="head:29500")
     assert cmd[1:3] == ["-m", "torch.distributed.run"]
@@ -111,8 +111,8 @@ def test_launch_dry_run_prints_torchrun_and_slurm_script(tmp_path):
 
 
 def test_launch_refuses_fewer_shards_than_readers_before_starting(tmp_path, capsys):
-    from training.testing import make_corpus
-    make_corpus(tmp_path, num_shards=3, per_shard=2)
+    from curation.synthetic.corpus import make_shards
+    make_shards(tmp_path, num_shards=3, per_shard=2)
     rc = train_main(["launch", "--config", TINY, "--nproc-per-node", "2", "--set", f"data.shards={tmp_path}",
                      "--set", "data.num_workers=2"])
     assert rc == 2

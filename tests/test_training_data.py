@@ -8,16 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
+from curation.synthetic.corpus import make_jpeg, make_samples, make_shards, train_small_tokenizer
 from training.augment import decode_and_crop, jitter_flip_normalise, swap_left_right
 from training.data import Loader, ShardStream, StreamSpec, check_enough_shards, reader_shards
-from training.testing import make_corpus, make_jpeg, make_samples, train_tokenizer
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    shards = make_corpus(root / "shards", num_shards=4, per_shard=6)
-    tok = train_tokenizer(root / "tok.model")
+    shards = make_shards(root / "shards", num_shards=4, per_shard=6)
+    tok = train_small_tokenizer(root / "tok.model")
     return shards, tok
 
 
@@ -128,7 +128,7 @@ def test_fewer_shards_than_readers_is_an_error_before_starting(corpus):
 
 def test_corrupt_sample_and_truncated_shard_are_skipped_and_counted(tmp_path, corpus):
     _, tok = corpus
-    good = make_corpus(tmp_path / "s", num_shards=2, per_shard=4, qa_per_image=0)
+    good = make_shards(tmp_path / "s", num_shards=2, per_shard=4, qa_per_image=0)
     # a shard whose tar is cut mid-way: its first samples stay readable, the rest is counted
     whole = Path(good[1]).read_bytes()
     Path(good[1]).write_bytes(whole[: len(whole) // 2 + 100])

@@ -152,10 +152,10 @@ def test_non_finite_loss_skips_the_step_and_is_reported():
 
 
 def test_fusion_stage_under_fsdp_takes_the_same_steps_as_ddp(tmp_path):
+    from curation.synthetic.corpus import make_shards, train_small_tokenizer
     from training.checkpoint import list_checkpoints, load_for_inference
-    from training.testing import make_corpus, train_tokenizer
-    make_corpus(tmp_path / "corpus", num_shards=2, per_shard=4)
-    tok = train_tokenizer(tmp_path / "tok.model")
+    make_shards(tmp_path / "corpus", num_shards=2, per_shard=4)
+    tok = train_small_tokenizer(tmp_path / "tok.model")
     runs = {}
     for parallel in ("fsdp", "ddp"):
         run_dir = tmp_path / parallel

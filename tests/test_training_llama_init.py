@@ -13,10 +13,10 @@ transformers = pytest.importorskip("transformers", reason="transformers builds t
 import sentencepiece as spm  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
+from curation.synthetic.corpus import SCENE_THINGS, make_shards, scene_caption, train_small_tokenizer  # noqa: E402
 from training.checkpoint import list_checkpoints, load_for_inference  # noqa: E402
 from training.cli import main as train_main  # noqa: E402
 from training.config import RunConfig  # noqa: E402
-from training.testing import THINGS, caption, make_corpus, train_tokenizer  # noqa: E402
 from training.tokenizer import Tokenizer  # noqa: E402
 from training.trainer import resolve_model_config  # noqa: E402
 
@@ -30,7 +30,7 @@ def llama_dir(tmp_path_factory) -> Path:
     id convention (unk 0, bos 1, eos 2, no pad) whose size is the checkpoint's vocabulary."""
     ckpt = tmp_path_factory.mktemp("llama")
     rng = random.Random(0)
-    texts = [caption(rng) for _ in range(300)] + [f"question: what is on the left? answer: {t}" for t in THINGS]
+    texts = [scene_caption(rng) for _ in range(300)] + [f"question: what is on the left? answer: {t}" for t in SCENE_THINGS]
     proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=proto, vocab_size=96, model_type="bpe", unk_id=0, bos_id=1,
@@ -48,7 +48,7 @@ def llama_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("corpus")
-    make_corpus(root, num_shards=1, per_shard=6)
+    make_shards(root, num_shards=1, per_shard=6)
     return root
 
 
@@ -95,7 +95,7 @@ def test_fusion_run_starts_from_the_llama_checkpoint(tmp_path, corpus, llama_dir
 
 
 def test_a_tokenizer_that_does_not_fit_the_checkpoint_is_refused(tmp_path, corpus, llama_dir):
-    ours = train_tokenizer(tmp_path / "ours.model")       # pad 0, unk 1, bos 2, eos 3, a different size
+    ours = train_small_tokenizer(tmp_path / "ours.model")       # pad 0, unk 1, bos 2, eos 3, a different size
     cfg = RunConfig.load(TINY, common(corpus, llama_dir, tmp_path / "run") + [f"init.tokenizer={ours}"])
     with pytest.raises(ValueError) as err:
         resolve_model_config(cfg)

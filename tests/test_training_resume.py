@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from curation.synthetic.corpus import make_shards, train_small_tokenizer
 from training.checkpoint import list_checkpoints, load_for_inference
 from training.cli import main as train_main
-from training.testing import make_corpus, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "training/configs/tiny.toml")
@@ -20,8 +20,8 @@ N = 3
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    make_corpus(root / "corpus", num_shards=4, per_shard=6)
-    tok = train_tokenizer(root / "tok.model")
+    make_shards(root / "corpus", num_shards=4, per_shard=6)
+    tok = train_small_tokenizer(root / "tok.model")
     common = [f"data.shards={root / 'corpus'}", f"init.tokenizer={tok}", f"schedule.total_steps={2 * N}",
               "schedule.warmup_steps=2", f"checkpoint.every_steps={N}", "data.num_workers=1",
               "logging.progress=false", "data.shuffle_buffer=16"]

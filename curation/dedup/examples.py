@@ -25,14 +25,16 @@ Line format (``vlfusion-dedup-example/1``)::
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
+from typing import Any
 
 import apache_beam as beam
 
 from curation.dedup.phash import hamming
 from curation.outdir import write_text
+from shards import fsutil
+from shards.hashing import stable_hash64
 
 FORMAT = "vlfusion-dedup-example/1"
 FILE_NAME = "dedup_examples.jsonl"
@@ -42,7 +44,7 @@ THUMB_QUALITY = 80
 
 
 def cluster_priority(kept_uid: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"dedup-example:{kept_uid}".encode(), digest_size=8).digest(), "big")
+    return stable_hash64("dedup-example", kept_uid)
 
 
 def _member(rec: dict, kept_phash: str) -> dict:
@@ -114,3 +116,63 @@ class WriteDedupExamples(beam.PTransform):
         return (candidates
                 | "BottomK" >> beam.combiners.Top.Smallest(self.num_clusters, key=lambda c: (c[0], c[1]))
                 | "Write" >> beam.Map(write_examples, self.path))
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def _num(x) -> int:
+    return int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else 0
+
+
+_MEMBER_FIELDS = ("uid", "sources", "url", "original_width", "original_height", "phash", "distance",
+                  "exact_copies", "caption", "thumb_width", "thumb_height", "thumb_error")
+
+
+
+def _example_member(m: dict, thumb_key: str, thumbs: dict[str, bytes]) -> dict[str, Any]:
+    out = {k: m[k] for k in _MEMBER_FIELDS if k in m}
+    out["thumb"] = None
+    b64 = m.get("thumb_jpeg_b64")
+    if isinstance(b64, str):
+        try:
+            thumbs[thumb_key] = base64.b64decode(b64, validate=True)
+            out["thumb"] = thumb_key
+        except ValueError:
+            out["thumb_error"] = "thumbnail is not valid base64"
+    return out
+
+
+def read_examples(path: str | None, limit: int) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """(the report's merged-cluster section, thumbnails by key): the first ``limit`` clusters of the file
+    (it is ordered by a hash of the kept uid: a uniform sample), every line counted, none held but those."""
+    if path is None:
+        return {"available": False, "clusters": [],
+                "note": f"no {FILE_NAME} beside the shards: only `curate run` writes one, with "
+                        "dedup.example_clusters > 0 (img2dataset output and older corpora have none)"}, {}
+    clusters, thumbs = [], {}
+    in_file = unreadable = 0
+    with fsutil.open_read(path) as f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            try:
+                doc = json.loads(raw)
+                kept, members = doc["kept"], doc["members"]
+                cluster = str(doc["cluster"])
+                if not isinstance(kept, dict) or not isinstance(members, list):
+                    raise ValueError("kept must be an object and members a list")
+            except (ValueError, KeyError, TypeError):
+                unreadable += 1
+                continue
+            in_file += 1
+            if len(clusters) >= limit:
+                continue
+            clusters.append({
+                "cluster": cluster, "priority": doc.get("priority"),
+                "num_members": _num(doc.get("num_members")) or len(members),
+                "kept": _example_member(kept, f"dedup-example/{cluster}/kept", thumbs),
+                "members": [_example_member(m, f"dedup-example/{cluster}/{i}", thumbs)
+                            for i, m in enumerate(members) if isinstance(m, dict)]})
+    return {"available": True, "note": None if in_file else "no near-duplicate cluster was merged",
+            "clusters_in_file": in_file, "shown": len(clusters), "unreadable_lines": unreadable,
+            "clusters": clusters}, thumbs
+

@@ -3,8 +3,12 @@
     from curation.report import build_report
     paths = build_report("OUT", "OUT/report", tokenizer="OUT/tokenizer.model")
 
-Numbers come from `shards.stats.compute_stats` (streaming, every core, exact counts); charts from
-`plots`; the page from `page`; `browser` checks a page in headless Chromium and takes its picture.
+Owns the corpus statistics and the report: `corpus_stats.compute_stats` (streaming, every core, exact
+counts) folds the per-shard partials of `shard_stats` with the sketches of `sketches`, and adds what
+`curate run` wrote beside the shards through the readers that live with their writers (`curation.funnel`,
+`curation.decontam`, `curation.dedup.examples`); charts from `plots`; the page from `page`; `browser`
+checks a page in headless Chromium and takes its picture. Everything is read and written through fsspec:
+one code path for a local output and a URL one.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ def build_report(spec: str | Iterable[str], out_dir: str, *, tokenizer: str | No
                  contact_sheet_size: int = 24, progress=None, **stats_options: Any) -> ReportPaths:
     """Compute the statistics of `spec` and write `out_dir`/stats.json and `out_dir`/report.html."""
     from shards import fsutil
-    from shards.stats import StatsConfig, compute_stats
 
+    from .corpus_stats import compute_stats
     from .page import render_html
+    from .shard_stats import StatsConfig
 
     cfg = StatsConfig(tokenizer=tokenizer, workers=workers, seed=seed, contact_sheet_size=contact_sheet_size,
                       **stats_options)

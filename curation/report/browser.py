@@ -19,6 +19,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from shards import fsutil
+
 PROBE_ID = "__vlfusion_probe"
 PROBE = """<script>
 window.__vlfErrors = [];
@@ -97,5 +99,7 @@ def screenshot(html_path: str | os.PathLike, png_path: str | os.PathLike, *, wid
                  f"--screenshot={tmp}", Path(html_path).resolve().as_uri()], timeout)
     if not tmp.exists() or tmp.stat().st_size == 0:
         raise BrowserError(f"chromium wrote no screenshot; rc={proc.returncode}; stderr tail: {proc.stderr[-2000:]}")
-    os.replace(tmp, png_path)
+    # Chromium writes the file itself, to a scratch name; its bytes reach their name through the one atomic writer.
+    fsutil.atomic_write_bytes(str(png_path), tmp.read_bytes())
+    tmp.unlink()
     return png_path

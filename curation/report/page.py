@@ -1,6 +1,6 @@
 """report.html: one self-contained page (inline CSS, images as data: URIs, no script, no network).
 
-Built from stats.json, the PNG charts of `plots` and the thumbnails of `shards.stats`; every number on
+Built from stats.json, the PNG charts of `plots` and the thumbnails of `corpus_stats`; every number on
 the page is read from the stats document, so the JSON twin always holds what the page shows.
 """
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 from urllib.parse import urlsplit
+
+from shards.hashing import stable_hex
 
 ALLOWED_SCHEMES = ("http", "https")
 
 
 def url_key(url: str) -> str:
-    return "url:" + hashlib.sha1(url.encode("utf-8")).hexdigest()
+    return "url:" + stable_hex(url, digits=40)
 
 
 def parse_tsv_line(line: bytes, *, kind: str, source: str) -> tuple[dict | None, str | None]:

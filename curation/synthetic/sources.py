@@ -87,7 +87,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 from dataclasses import dataclass, field
@@ -97,6 +96,7 @@ from PIL import Image
 
 from curation.synthetic import images as im
 from curation.synthetic.server import FAULT_KINDS
+from shards import fsutil
 
 SCALES: dict[str, int] = {"tiny": 56, "small": 120}
 TSV_FILES = {"cc3m": "Train_GCC-training.tsv", "cc12m": "cc12m.tsv"}
@@ -331,11 +331,8 @@ def _qas(scene: im.Scene, rng: random.Random) -> list[dict]:
 
 
 def _write(path: Path, data: bytes) -> None:
-    # Temp then rename: a killed build leaves no half-written file under its final name.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    # Atomic: a killed build leaves no half-written file under its final name.
+    fsutil.atomic_write_bytes(str(path), data)
 
 
 def _json_bytes(obj) -> bytes:

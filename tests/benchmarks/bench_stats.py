@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/benchmarks/bench_stats.py [--shards 8] [--per-shard 400]
 
-Prints samples/s for each and the ratio. Builds its corpus under a temp dir with tests/stats_corpus.py.
+Prints samples/s for each and the ratio. Builds its corpus under a temp dir with `curation.synthetic.corpus`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))            # tests/ (stats_corpus)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))            # repo root
 
-from stats_corpus import make_corpus  # noqa: E402
-
-from shards.stats import StatsConfig, compute_stats  # noqa: E402
+from curation.report.corpus_stats import compute_stats  # noqa: E402
+from curation.report.shard_stats import StatsConfig  # noqa: E402
+from curation.synthetic.corpus import make_corpus  # noqa: E402
 
 
 def main() -> None:
