@@ -5,6 +5,7 @@ One run builds the corpus every test here inspects; the determinism and resume t
 
 from __future__ import annotations
 
+import collections
 import glob
 import hashlib
 import json
@@ -207,8 +208,16 @@ def test_decontamination_and_eval_shards(world):
     assert truth["contaminated"]
     for c in truth["contaminated"]:
         assert uid_of_item(items[c["ref"]], vg_coco) not in written, c
-    how = {e["reason"] for e in _events(out) if e["stage"].startswith("decontam")}
-    assert how == {"eval_same_id", "eval_near_duplicate"}
+    dec_events = [e for e in _events(out) if e["stage"].startswith("decontam")]
+    assert {e["reason"] for e in dec_events} == {"eval_same_id", "eval_near_duplicate"}
+    # Each event names the eval sets it matched as a field; funnel.json and the report count them per set.
+    eval_dirs = {p.name for p in (out / "eval").iterdir()}
+    assert all(e["eval_sets"] and set(e["eval_sets"]) <= eval_dirs for e in dec_events)
+    per_set = collections.Counter(s for e in dec_events for s in e["eval_sets"])
+    funnel = json.loads((out / "funnel.json").read_text())
+    assert {k: sum(st["records"] for st in v.values()) for k, v in funnel["decontamination"].items()} == per_set
+    report = json.loads((out / "report" / "stats.json").read_text())["decontamination"]
+    assert report["records_per_eval_set"] == dict(sorted(per_set.items()))
     karpathy = json.loads(Path(info.karpathy_json).read_text())["images"]
     for split in ("test", "val"):
         d = out / "eval" / f"coco-karpathy-{split}"
@@ -320,7 +329,7 @@ def test_fsspec_url_output_gives_the_same_corpus(world, tmp_path, monkeypatch):
     s1, s2 = (json.loads((o / "report" / "stats.json").read_text()) for o in (local, out5))
     assert s2["input"]["funnel"] == f"{url}/funnel.json" == s2["funnel"]["path"]
     assert s2["decontamination"] == s1["decontamination"]
-    assert s2["decontamination"]["per_eval_set"] and s2["decontamination"]["source_of_counts"].startswith("OUT/dropped")
+    assert s2["decontamination"]["per_eval_set"] and s2["decontamination"]["source_of_counts"].startswith("funnel.json")
     for section in ("totals", "sources", "images", "captions", "vocabulary", "duplicates", "contact_sheet"):
         assert s2[section] == s1[section], section
     f1r, f2r = dict(s1["funnel"]), dict(s2["funnel"])

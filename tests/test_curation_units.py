@@ -265,6 +265,7 @@ def test_decontam_by_id_and_image():
     multimap = type("MM", (), {"__getitem__": lambda self, k: ids.get(k, [])})()
     out, ev = decontam_by_id(rec, multimap)
     assert out is None and ev[0]["reason"] == "eval_same_id" and ev[0]["rows"] == {"coco": 1}
+    assert ev[0]["eval_sets"] == ["vqav2"]   # a field, not prose: the ledger counts drops per eval set from it
     index = {b: [("00000000000000fe", "coco-karpathy-test", "coco:9")] for b in bands("00000000000000fe", 4)}
     mm2 = type("MM", (), {"__getitem__": lambda self, k: index.get(k, [])})()
     out, ev = decontam_by_image(rec, mm2, 4, 4)
@@ -275,7 +276,8 @@ def test_decontam_by_id_and_image():
     cands = [("00000000000000fc", "vqav2", "coco:7"), ("00000000000000fe", "coco-karpathy-test", "coco:9")]
     for order in (cands, cands[::-1]):
         mm3 = type("MM", (), {"__getitem__": lambda self, k, o=order: o})()
-        assert decontam_by_image(rec, mm3, 4, 4)[1][0]["detail"] == "coco-karpathy-test coco:9 at distance 1"
+        ev = decontam_by_image(rec, mm3, 4, 4)[1][0]
+        assert ev["eval_sets"] == ["coco-karpathy-test"] and ev["detail"] == "eval image coco:9 at distance 1"
 
 
 # ------------------------------------------------------------------------------------------------ SSRF guard
@@ -348,3 +350,42 @@ def test_output_scheme_fsspec_cannot_open_is_refused_before_running(tmp_path, ca
 
 def test_order_key_depends_on_seed():
     assert order_key("u", 0) == order_key("u", 0) != order_key("u", 1)
+
+
+def test_live_dropped_count_includes_read_group_and_decontamination_drops(tmp_path, monkeypatch):
+    """Drops of the read, group, caption-filter and decontamination stages all reach the live progress and the
+    Beam counters, through the pipeline's own pieces (in-process DirectRunner)."""
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from curation.config import CaptionFilterConfig
+    from curation.decontam import decontam_by_id
+    from curation.funnel import DROPPED, Progress, Step, read_progress
+    from curation.pipeline import ParseTsv, _assemble, caption_filter, count_drops
+
+    monkeypatch.setattr(Progress, "_counts", {})   # per-process counters: start from none
+    progress = str(tmp_path / "progress")
+    lines = [b"a dog on the grass\thttp://127.0.0.1/1.jpg", b"a cat on a table\thttp://127.0.0.1/2.jpg",
+             b"only one column", b"ok\thttp://127.0.0.1/3.jpg",            # malformed; caption too short
+             b"a bus in the street\tftp://127.0.0.1/4.jpg"]                # unsupported scheme
+    coco = {"key": "coco:42", "source": "coco", "dataset": "coco", "id": "42", "rows": 1, "ord": [0],
+            "url": "http://127.0.0.1/42.jpg", "local": None, "captions": ["a horse in a field"], "qa": [], "link": {}}
+    orphan = {**coco, "key": "coco:9", "id": "9", "url": None}                 # no image: a group drop
+    with beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(["--runner=DirectRunner"])) as p:
+        parsed = p | "Lines" >> beam.Create(lines) | beam.ParDo(ParseTsv("cc3m", "cc3m", progress)).with_outputs(
+            DROPPED, main="f")
+        frags = (parsed.f, p | "Coco" >> beam.Create([coco, orphan])) | "Frags" >> beam.Flatten()
+        grouped = (frags | beam.Map(lambda f: (f["key"], f)) | beam.GroupByKey()
+                   | beam.FlatMap(_assemble).with_outputs(DROPPED, main="r"))
+        filtered = grouped.r | "Filter" >> beam.ParDo(
+            Step("caption_filter", caption_filter, CaptionFilterConfig())).with_outputs(DROPPED, main="r")
+        eval_ids = p | "EvalIds" >> beam.Create([(42, "coco-karpathy-test")])
+        clean = filtered.r | "Decontam" >> beam.ParDo(
+            Step("decontam", decontam_by_id), beam.pvalue.AsMultiMap(eval_ids)).with_outputs(DROPPED, main="r")
+        count_drops([parsed[DROPPED], grouped[DROPPED], filtered[DROPPED], clean[DROPPED]], progress)
+    result = p.result
+    counters = {r.key.metric.name: r.committed
+                for r in result.metrics().query(MetricsFilter().with_namespace("dropped"))["counters"]}
+    assert counters == {"read/missing_column": 1, "read/unsupported_scheme": 1, "group/unknown_image_id": 1,
+                        "caption_filter/caption_too_short": 1, "decontam/eval_same_id": 1}
+    assert read_progress(progress)["dropped"] == 5
