@@ -97,12 +97,24 @@ def test_ssrf_redirect_to_refused_address_is_never_requested(docroot, connection
         assert s.requests == [] and connections == []
 
 
-def test_user_agent_token_and_per_host_cap(docroot):
+def test_user_agent_token(docroot):
     with FaultServer(docroot) as s:
-        f = _fetcher(user_agent_token="testbot", per_host_connections=1)
+        f = _fetcher(user_agent_token="testbot")
         assert "testbot" in f.user_agent
         assert f.fetch(s.url("a.jpg")).reason is None
-        assert f._slot("127.0.0.1")._value == 1
+
+
+@pytest.mark.parametrize("cap", [1, 2, 6])
+def test_per_host_cap_is_what_the_server_sees(docroot, cap):
+    """Six threads share one fetcher, each request held 0.5 s by the server: the most requests the server
+    ever handles at once is the per-host cap (six, the thread count, when the cap does not bind)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with FaultServer(docroot, slow_seconds=0.5) as s:
+        f = _fetcher(per_host_connections=cap, timeout=30.0)
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(lambda _: f.fetch(s.url("fault/slow/a.jpg")), range(6)))
+        assert [r.reason for r in results] == [None] * 6 and s.count("/fault/slow/a.jpg") == 6
+        assert s.max_concurrent == cap
 
 
 def test_worker_imports_stay_light(tmp_path):

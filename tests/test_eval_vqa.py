@@ -189,9 +189,20 @@ def test_vqa_scores_command_names_missing_questions(tmp_path, capsys):
     assert not (tmp_path / "s.json").exists()
 
 
-@pytest.mark.parametrize("verb", ["caption-scores", "vqa-scores", "caption", "vqa"])
-def test_every_verb_has_help(verb, capsys):
-    with pytest.raises(SystemExit) as e:
-        main([verb, "--help"])
-    assert e.value.code == 0
-    assert "--out" in capsys.readouterr().out
+MISSING_INPUT = {
+    "caption-scores": ["--results", "{missing}", "--annotations", "{missing}"],
+    "vqa-scores": ["--results", "{missing}", "--questions", "{missing}", "--annotations", "{missing}"],
+    "caption": ["--checkpoint", "{missing}", "--data", "{missing}"],
+    "vqa": ["--checkpoint", "{missing}", "--data", "{missing}"],
+}
+
+
+@pytest.mark.parametrize("verb", list(MISSING_INPUT))
+def test_every_verb_names_a_missing_input_in_one_line_and_writes_nothing(verb, tmp_path, capsys):
+    missing = str(tmp_path / "not-there")
+    out = tmp_path / "out"
+    rc = main([verb, *(a.format(missing=missing) for a in MISSING_INPUT[verb]), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith(f"evaluate {verb}: error: ") and "not-there" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())

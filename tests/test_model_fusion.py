@@ -157,15 +157,40 @@ def test_itc_uses_only_marked_rows():
     model = _model()
     batch = _caption_batch(batch=4)
     batch["itc_mask"] = torch.tensor([True, True, False, True])
+    projected = {}
+    model.image_proj.register_forward_hook(lambda m, i, o: projected.__setitem__("img", o))
+    model.text_proj.register_forward_hook(lambda m, i, o: projected.__setitem__("txt", o))
     with torch.no_grad():
         base = model(batch)["itc"]
+        # By hand: the mean over the marked rows of the image->text and text->image cross-entropies of the
+        # scaled cosine similarities among the marked rows only, each row's own pair the target.
+        marked = [0, 1, 3]
+        img = projected["img"].float()[marked]
+        txt = projected["txt"].float()[marked]
+        img, txt = img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
+        sims = model.logit_scale.exp().item() * img @ txt.t()
+        terms = [math.log(sum(math.exp(x) for x in sims[i].tolist())) - sims[i, i].item()
+                 + math.log(sum(math.exp(x) for x in sims[:, i].tolist())) - sims[i, i].item() for i in range(3)]
+    assert base.item() == pytest.approx(sum(terms) / 2 / 3, rel=1e-5)
+    with torch.no_grad():
         other_text_unmarked = dict(batch, input_ids=batch["input_ids"].clone())
         other_text_unmarked["input_ids"][2, 3:] = 5  # row 2 is neither anchor nor negative
         assert torch.equal(model(other_text_unmarked)["itc"], base)
         other_text_marked = dict(batch, input_ids=batch["input_ids"].clone())
         other_text_marked["input_ids"][1, 3:] = 5
         assert not torch.allclose(model(other_text_marked)["itc"], base)
-    assert base > 0
+
+
+def test_info_nce_on_orthonormal_pairs_is_the_closed_form():
+    """Unit vectors with each image equal to its caption and orthogonal to the rest: every row's logits are
+    s on the diagonal and 0 elsewhere, so each cross-entropy is log(1 + (n - 1) e^-s) over the n marked rows."""
+    vecs = torch.eye(4)
+    s = torch.tensor(5.0)
+    mask = torch.tensor([True, True, False, True])
+    assert info_nce(vecs, vecs, s, mask).item() == pytest.approx(math.log(1 + 2 * math.exp(-5.0)), rel=1e-6)
+    # rows 0 and 1 show one picture: each is left out of the other's softmax, so rows 0 and 1 see one negative
+    same = info_nce(vecs, vecs, s, mask, image_id=torch.tensor([7, 7, 8, 9])).item()
+    assert same == pytest.approx((2 * math.log(1 + math.exp(-5.0)) + math.log(1 + 2 * math.exp(-5.0))) / 3, rel=1e-6)
 
 
 def test_itc_pools_the_last_real_token():

@@ -5,6 +5,7 @@
         s.url("cc3m/a.jpg")   # base_url + "/cc3m/a.jpg"
         s.requests            # [(path with query, time.time()), ...] of every request received, in order
         s.count("/x.jpg")     # requests whose path (query ignored) equals "/x.jpg"
+        s.max_concurrent      # most requests handled at one time (e.g. to observe a client's connection cap)
         s.reset()             # forget requests and the first-request state of 503-once / 429
 
 `GET /<p>` serves `docroot/<p>` (404 when missing; nothing outside docroot). `GET /fault/<kind>/<p>` applies
@@ -35,6 +36,7 @@ the `with` block) shuts the server down and wakes any slow handler.
 
 from __future__ import annotations
 
+import contextlib
 import mimetypes
 import threading
 import time
@@ -60,10 +62,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_HEAD(self) -> None:
-        self._handle(send_body=False)
+        with self.server.owner._in_flight():
+            self._handle(send_body=False)
 
     def do_GET(self) -> None:
-        self._handle(send_body=True)
+        with self.server.owner._in_flight():
+            self._handle(send_body=True)
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
               content_type: str = "application/octet-stream", send_body: bool = True) -> None:
@@ -153,6 +157,8 @@ class FaultServer:
         self.docroot = Path(docroot).resolve()
         self.slow_seconds = slow_seconds
         self.requests: list[tuple[str, float]] = []
+        self.max_concurrent = 0        # most requests being handled at one time since start / reset()
+        self._active = 0
         self._lock = threading.Lock()
         self._seen: set[str] = set()
         self._stopping = threading.Event()
@@ -207,8 +213,20 @@ class FaultServer:
         with self._lock:
             self.requests.clear()
             self._seen.clear()
+            self.max_concurrent = self._active
 
     # -- used by the handler ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _in_flight(self):
+        with self._lock:
+            self._active += 1
+            self.max_concurrent = max(self.max_concurrent, self._active)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+
     def _record(self, path: str) -> None:
         with self._lock:
             self.requests.append((path, time.time()))
