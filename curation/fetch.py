@@ -1,7 +1,7 @@
 """Fetching and preparing one image: HTTP with the SSRF guard, then header checks and img2dataset's Resizer.
 
 `Fetcher.fetch(url) -> FetchResult` is a plain function of the URL (plus the server's answers): no Beam
-here, so it is tested directly against the local fault server. `prepare_image(data, ...)` turns bytes
+here, so it is tested directly against the local fault server. `ImagePreparer.prepare(data)` turns bytes
 (downloaded or read from a local folder) into the stored image plus what later stages need (sizes,
 sha256, pHash, grey-level spread), or a drop reason.
 

@@ -1,4 +1,8 @@
-"""The shard format: the contract between curation, training, evaluation and the stats report.
+"""The shard format: the contract between curation, training and evaluation; imports none of them.
+
+Owns the schema, writer, reader and manifest of a corpus, and the pieces every side shares without depending
+on each other: the tokenizer interface (`tokenizer`), the TOML run-config loader (`tomlconfig`), fsspec paths
+and atomic writes (`fsutil`) and the one stable hash for keys, partitions and samples (`hashing`).
 
 A corpus directory holds ``shards/NNNNN.tar`` (WebDataset: ``KEY.jpg``, ``KEY.txt``, ``KEY.json``),
 ``shards/NNNNN.parquet`` and ``shards/NNNNN_stats.json`` (img2dataset's layout, extended),

@@ -408,19 +408,6 @@ def test_every_clean_url_is_served_with_the_recorded_bytes(served):
                 assert e.value.code == 404
 
 
-def test_fault_urls_behave_as_their_kind(served):
-    info, truth, server = served
-    by_kind = {kind: url for url, kind in truth["faults"].items()}
-    for kind in ("404", "500"):
-        with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(by_kind[kind], timeout=5)
-        assert e.value.code == int(kind)
-    with urllib.request.urlopen(by_kind["redirect"], timeout=5) as resp:
-        assert resp.url != by_kind["redirect"] and Image.open(io.BytesIO(resp.read())).size[0] >= 64
-    with urllib.request.urlopen(by_kind["noai"], timeout=5) as resp:
-        assert resp.headers["X-Robots-Tag"] == "noai"
-
-
 # -- determinism, scales, CLI -----------------------------------------------------------------------------
 
 

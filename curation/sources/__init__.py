@@ -2,7 +2,7 @@
 
 A fragment is a plain dict::
 
-    {"key": "coco:391895" | "vg:12" | "url:<sha1 of url>",   # the picture
+    {"key": "coco:391895" | "vg:12" | "url:<stable hash of url>",   # the picture
      "source": "<source name>", "dataset": "coco", "id": "391895",
      "rows": 1,                        # input rows this fragment accounts for (0 for lookup metadata)
      "ord": [..],                      # sort key inside the picture (annotation id, region area, ...)

@@ -13,7 +13,8 @@ Typical use (the server may start before the files exist: it reads its document 
         ...  # run the pipeline against info.*; assert on server.requests / server.count(path)
 
 See `sources` for the files and the ground-truth schema, `server` for the fault paths, `images` for
-the renderer. CLI: ``python -m curation.synthetic build DIR --base-url URL`` and
+the renderer. `corpus` writes small corpora straight in the shard format (for the report, tokenizer and
+training tests and the benchmarks). CLI: ``python -m curation.synthetic build DIR --base-url URL`` and
 ``python -m curation.synthetic serve DIR --port P``.
 """
 
