@@ -16,7 +16,7 @@ from curation.dedup.phash import phash
 from curation.report import build_report
 from curation.report.browser import check_page, screenshot
 from curation.report.plots import render_all
-from curation.synthetic.corpus import make_corpus, make_img2dataset_shard
+from curation.synthetic.corpus import make_corpus, make_funnel, make_img2dataset_shard, sample_drop_events
 from curation.tokenizer import TokenizerTrainConfig, train_tokenizer
 from shards import iter_samples
 
@@ -54,7 +54,7 @@ def write_dedup_examples(corpus: Path, num_clusters: int = 3) -> None:
 @pytest.fixture(scope="module")
 def full_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
-    corpus = make_corpus(root / "out", num_shards=3, per_shard=30, seed=11)
+    corpus = make_corpus(root / "out", num_shards=3, per_shard=30, seed=11, funnel=make_funnel(*sample_drop_events()))
     write_dedup_examples(corpus)
     # A truncated extra shard too, so the errors section has a chart.
     data = (corpus / "shards" / "00000.tar").read_bytes()
@@ -74,7 +74,10 @@ def test_report_loads_and_every_plot_has_an_image(full_report):
     assert verdict["title"] == "vlfusion corpus report"
     assert verdict["errors"] == [] and verdict["broken"] == []
     assert verdict["network"] == []
-    assert verdict["plots"] == expected_plots >= 13
+    assert verdict["plots"] == expected_plots >= 15
+    # every section has its data, so every chart is drawn: the funnel's and decontamination's included
+    assert stats["funnel"]["available"] and stats["decontamination"]["per_eval_set"]
+    assert '<section id="funnel">' in html and "coco-karpathy-test" in html
     assert verdict["plots_without_image"] == 0
     # plots + contact sheet + largest clusters + every member of the sampled merged clusters, all decoded
     merged = stats["duplicates"]["merged_clusters"]

@@ -16,7 +16,13 @@ import sentencepiece as spm
 from curation.report import build_report
 from curation.report.corpus_stats import compute_stats
 from curation.report.shard_stats import StatsConfig
-from curation.synthetic.corpus import caption, make_corpus, make_img2dataset_shard
+from curation.synthetic.corpus import (
+    caption,
+    make_corpus,
+    make_funnel,
+    make_img2dataset_shard,
+    sample_drop_events,
+)
 from curation.tokenizer import TokenizerTrainConfig, train_from_sentences
 
 WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")   # the word definition the report documents
@@ -113,39 +119,11 @@ def test_duplicates_decontamination_and_funnel(corpus, stats):
     assert stats["funnel"]["available"] is False                     # no funnel.json beside this corpus
 
 
-def _drop_events() -> tuple[list[dict], dict[str, int]]:
-    """Drop events made by the real stage functions of `curate run`, and the rows each source read."""
-    from curation.config import CaptionFilterConfig
-    from curation.decontam import decontam_by_id, decontam_by_image
-    from curation.dedup.phash import bands
-    from curation.funnel import caption_event, record_event
-    from curation.pipeline import caption_filter
-
-    def rec(uid, source, rows, cid=None, phash="0" * 16, captions=("a dog on the grass",)):
-        return {"uid": uid, "url": f"http://127.0.0.1/{uid}.jpg", "rows": {source: rows}, "phash": phash,
-                "captions": list(captions), "qa": [],
-                "sources": [{"dataset": source, "id": str(cid if cid is not None else uid)}]}
-
-    eval_ids = {42: ["coco-karpathy-test"], 7: ["coco-karpathy-test", "vqav2"]}
-    events = []
-    for r in (rec("coco:42", "coco", 5, 42), rec("coco:7", "coco", 5, 7), rec("coco:100", "coco", 5, 100)):
-        events += decontam_by_id(r, eval_ids)[1]
-    near = rec("cc3m:9", "cc3m", 2, phash="ffff0000ffff0000")
-    index = {b: [("ffff0000ffff0001", "nocaps", "nocaps:1")] for b in bands(near["phash"], 4)}
-    events += decontam_by_image(near, index, 4, 4)[1]
-    events += caption_filter(rec("cc3m:1", "cc3m", 1, captions=["ok", "a cat sitting on a wooden desk"]),
-                             CaptionFilterConfig())[1]
-    events += [record_event("fetch", "http_404", rec(f"cc3m:{i}", "cc3m", 1)) for i in range(20, 23)]
-    events += [record_event("fetch", "timeout", rec("coco:5", "coco", 5))]
-    events += [caption_event("dedup_caption", "near_duplicate_caption", rec("coco:6", "coco", 5), "a dog")]
-    return events, {"coco": 40, "cc3m": 12}
-
-
 def test_funnel_and_decontamination_from_real_drop_events(tmp_path):
     """funnel.json written by the real writer (ledger_entries -> build_funnel) from events made by the real
     stage functions; the report's numbers against counts taken here from the events themselves."""
     from curation.funnel import build_funnel, ledger_entries
-    events, rows_in = _drop_events()
+    events, rows_in = sample_drop_events()
     ledger = collections.Counter()
     for ev in events:
         for k, n in ledger_entries(ev):
@@ -194,13 +172,7 @@ def test_report_of_a_url_output_equals_the_local_one(tmp_path):
     import fsspec
 
     from curation.dedup.examples import FILE_NAME
-    from curation.funnel import build_funnel, ledger_entries
-    events, rows_in = _drop_events()
-    ledger = collections.Counter({f"in|{s}": n for s, n in rows_in.items()})
-    for ev in events:
-        for k, n in ledger_entries(ev):
-            ledger[k] += n
-    local = make_corpus(tmp_path / "c", num_shards=2, per_shard=6, funnel=build_funnel(dict(ledger), list(rows_in)))
+    local = make_corpus(tmp_path / "c", num_shards=2, per_shard=6, funnel=make_funnel(*sample_drop_events()))
     (local / FILE_NAME).write_text("")   # curate run writes an empty one when nothing merged
     fs = fsspec.filesystem("memory")
     url = "memory://vlfusion-report-test/out"

@@ -133,6 +133,50 @@ def make_img2dataset_shard(path: Path, *, n: int = 12, seed: int = 1) -> Path:
     return path
 
 
+# ---------------------------------------------------------------------------------------------- a real funnel
+def sample_drop_events() -> tuple[list[dict], dict[str, int]]:
+    """Drop events made by the real stage functions of `curate run` (decontamination by id and by pixels, the
+    caption filter, fetch, caption dedup), and the rows each source read: 40 coco, 12 cc3m."""
+    from curation.config import CaptionFilterConfig
+    from curation.decontam import decontam_by_id, decontam_by_image
+    from curation.dedup.phash import bands
+    from curation.funnel import caption_event, record_event
+    from curation.pipeline import caption_filter
+
+    def rec(uid, source, rows, cid=None, phash="0" * 16, captions=("a dog on the grass",)):
+        return {"uid": uid, "url": f"http://127.0.0.1/{uid}.jpg", "rows": {source: rows}, "phash": phash,
+                "captions": list(captions), "qa": [],
+                "sources": [{"dataset": source, "id": str(cid if cid is not None else uid)}]}
+
+    eval_ids = {42: ["coco-karpathy-test"], 7: ["coco-karpathy-test", "vqav2"]}
+    events = []
+    for r in (rec("coco:42", "coco", 5, 42), rec("coco:7", "coco", 5, 7), rec("coco:100", "coco", 5, 100)):
+        events += decontam_by_id(r, eval_ids)[1]
+    near = rec("cc3m:9", "cc3m", 2, phash="ffff0000ffff0000")
+    index = {b: [("ffff0000ffff0001", "nocaps", "nocaps:1")] for b in bands(near["phash"], 4)}
+    events += decontam_by_image(near, index, 4, 4)[1]
+    events += caption_filter(rec("cc3m:1", "cc3m", 1, captions=["ok", "a cat sitting on a wooden desk"]),
+                             CaptionFilterConfig())[1]
+    events += [record_event("fetch", "http_404", rec(f"cc3m:{i}", "cc3m", 1)) for i in range(20, 23)]
+    events += [record_event("fetch", "timeout", rec("coco:5", "coco", 5))]
+    events += [caption_event("dedup_caption", "near_duplicate_caption", rec("coco:6", "coco", 5), "a dog")]
+    return events, {"coco": 40, "cc3m": 12}
+
+
+def make_funnel(events: list[dict], rows_in: dict[str, int]) -> dict:
+    """``funnel.json`` as `curate run` writes it (`curation.funnel.ledger_entries` -> `build_funnel`) for a run
+    that read ``rows_in`` rows per source and dropped what ``events`` say; every other row was kept."""
+    from curation.funnel import build_funnel, ledger_entries
+    ledger: dict[str, int] = {}
+    for ev in events:
+        for k, n in ledger_entries(ev):
+            ledger[k] = ledger.get(k, 0) + n
+    for src, n in rows_in.items():
+        dropped = sum(ev["rows"].get(src, 0) for ev in events if ev["kind"] == "record")
+        ledger[f"in|{src}"], ledger[f"kept|{src}"] = n, n - dropped
+    return build_funnel(ledger, list(rows_in))
+
+
 # ---------------------------------------------------------------------------------------------- uniform shards
 SCENE_COLOURS = ["red", "green", "blue", "yellow", "white", "black", "orange", "purple"]
 SCENE_THINGS = ["dog", "cat", "car", "boat", "tree", "house", "bird", "horse"]
