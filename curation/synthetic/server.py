@@ -171,6 +171,10 @@ class FaultServer:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> FaultServer:
+        # The PNG bomb is built once per process (zlib over 112 MB of zeros: a CPU-second or more on a busy
+        # machine); built here, before serving, so the first request for it is not answered late and
+        # turned into a client timeout instead of the too_many_pixels it exists to provoke.
+        bomb_png()
         if self._thread is None:
             self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                             name=f"FaultServer:{self.port}", daemon=True)
