@@ -1,4 +1,5 @@
 """The loader: sharding without overlap, exact positions, expansion, flips, corrupt data, fast decode."""
+import copy
 import io
 import random
 import tarfile
@@ -9,7 +10,8 @@ import torch
 from PIL import Image
 
 from training.augment import decode_and_crop, jitter_flip_normalise, swap_left_right
-from training.data import Loader, ShardStream, StreamSpec, check_enough_shards, reader_shards
+from training.config import AugmentConfig, DataConfig
+from training.data import Loader, ShardStream, check_enough_shards, reader_shards
 from training.testing import make_corpus, make_jpeg, make_samples, train_tokenizer
 
 
@@ -21,16 +23,19 @@ def corpus(tmp_path_factory):
     return shards, tok
 
 
-def spec(shards, tok, **kw):
-    base = dict(shards=shards, stage="fusion", seed=3, rank=0, world_size=1, readers_per_rank=1, micro_batch=4,
-                image_size=32, max_tokens=77, shuffle_buffer=8, tokenizer=tok)
+def spec(shards, tok, *, hflip=0.5, num_workers=0, shuffle_buffer=8, include_qa=True, **kw):
+    """A stream over ``shards`` built from the run's config sections, as the trainer builds it."""
+    base = dict(stage="fusion", seed=3, rank=0, world_size=1, micro_batch=4, image_size=32, tokenizer=tok)
     base.update(kw)
-    return StreamSpec(**base)
+    return ShardStream(shards, data=DataConfig(num_workers=num_workers, shuffle_buffer=shuffle_buffer,
+                                               include_qa=include_qa),
+                       augment=AugmentConfig(hflip=hflip), **base)
 
 
-def epoch_items(s: StreamSpec, reader_local=0, epoch=0):
+def epoch_items(s: ShardStream, reader_local=0, epoch=0):
     """(text, image key) of each sample of one epoch of one reader, in order."""
-    stream = ShardStream(s, positions=[(epoch, 0)] * s.readers_per_rank)
+    stream = copy.copy(s)
+    stream.positions = [(epoch, 0)] * s.readers_per_rank
     out, counts = [], {}
     for sample, ep, _, counters in stream.reader_stream(reader_local):
         if ep != epoch:
@@ -60,7 +65,7 @@ def test_every_caption_and_qa_pair_is_a_sample_and_tokens_fit(corpus):
     shards, tok = corpus
     items, _ = epoch_items(spec(shards, tok))
     assert len(items) == 4 * 6 * (2 + 1)
-    batch = next(iter(ShardStream(spec(shards, tok))))
+    batch = next(iter(spec(shards, tok)))
     assert batch["input_ids"].shape == (4, 77) and batch["image"].dtype == torch.uint8
     assert batch["image"].shape == (4, 3, 32, 32)
     assert (batch["itc_mask"] == ~batch["is_vqa"]).all()
@@ -71,7 +76,7 @@ def test_rows_of_one_image_share_an_image_id(corpus):
     # no shuffle: the 2 captions + 1 QA pair of each image arrive next to each other, so a batch of 6 holds
     # exactly two images, three rows each
     shards, tok = corpus
-    batch = next(iter(ShardStream(spec(shards[:1], tok, shuffle_buffer=1, micro_batch=6))))
+    batch = next(iter(spec(shards[:1], tok, shuffle_buffer=1, micro_batch=6)))
     ids, keys = batch["image_id"], batch["key"]
     assert ids.dtype == torch.int64 and ids.shape == (6,) and len(set(keys)) == 2
     assert all((ids[i] == ids[j]).item() == (keys[i] == keys[j]) for i in range(6) for j in range(6))
@@ -102,27 +107,27 @@ def test_order_is_deterministic_per_seed_and_epoch(corpus):
 
 def test_loader_resume_with_two_workers_is_exact(corpus):
     shards, tok = corpus
-    s = spec(shards, tok, readers_per_rank=2, micro_batch=5)
-    straight = Loader(s, num_workers=2)
+    s = spec(shards, tok, num_workers=2, micro_batch=5)
+    straight = Loader(s)
     first = [next(straight) for _ in range(7)]
     state = straight.state_dict()
     rest = [next(straight) for _ in range(5)]
     # positions cross an epoch boundary: 2 readers x 36 samples, 35 consumed
     assert state["next_reader"] == 1 and len(state["positions"]) == 2
-    resumed = Loader(s, num_workers=2, state=state)
+    resumed = Loader(s, state=state)
     again = [next(resumed) for _ in range(5)]
     for x, y in zip(rest, again):
         assert torch.equal(x["image"], y["image"]) and torch.equal(x["input_ids"], y["input_ids"])
         assert torch.equal(x["jitter"], y["jitter"]) and x["text"] == y["text"]
     assert len({tuple(b["text"]) for b in first + rest}) == 12
     with pytest.raises(ValueError, match="same data.num_workers"):
-        Loader(s, num_workers=2, state={"positions": [[0, 0]], "next_reader": 0})
+        Loader(s, state={"positions": [[0, 0]], "next_reader": 0})
 
 
 def test_fewer_shards_than_readers_is_an_error_before_starting(corpus):
     shards, tok = corpus
     with pytest.raises(ValueError, match="4 shard\\(s\\) for 6 readers"):
-        Loader(spec(shards, tok, world_size=3, readers_per_rank=2), num_workers=2)
+        Loader(spec(shards, tok, world_size=3, num_workers=2))
     check_enough_shards(4, world_size=2, readers_per_rank=2)
 
 
@@ -143,7 +148,7 @@ def test_corrupt_sample_and_truncated_shard_are_skipped_and_counted(tmp_path, co
     s = spec([good[0], good[1], str(bad)], tok, shuffle_buffer=1)
     items, counters = epoch_items(s)
     assert counters["bad_image"] == 1
-    assert counters["corrupt_shard"] == 1
+    assert counters["truncated_tar"] == 1
     texts = [t for t, _ in items]
     assert "a cat" in texts and "a dog" not in texts
     assert 4 * 2 + 1 < len(items) < 4 * 2 * 2 + 1     # shard 0 whole, part of shard 1, one of bad.tar
@@ -154,7 +159,7 @@ def test_only_corrupt_shards_raise_instead_of_hanging(tmp_path, corpus):
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"\0garbage" * 100)
     with pytest.raises(RuntimeError, match="no readable samples"):
-        next(iter(ShardStream(spec([str(junk)], tok))))
+        next(iter(spec([str(junk)], tok)))
 
 
 def test_fast_decode_sees_the_same_region_as_full_decode():
