@@ -6,8 +6,16 @@ A corpus directory holds ``shards/NNNNN.tar`` (WebDataset: ``KEY.jpg``, ``KEY.tx
 """
 
 from .manifest import read_manifest, write_manifest
-from .reader import (ReadCounters, ShardRef, iter_samples, iter_shard, read_shard_stats, resolve, resolve_shards,
-                     stats_path)
+from .reader import (
+                     ReadCounters,
+                     ShardRef,
+                     iter_samples,
+                     iter_shard,
+                     read_shard_stats,
+                     resolve,
+                     resolve_shards,
+                     stats_path,
+)
 from .schema import SCHEMA_VERSION, Sample, make_key
 from .writer import ShardInfo, ShardWriter, is_complete, read_shard_info, shard_name, write_shard
 

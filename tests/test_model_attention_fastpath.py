@@ -109,10 +109,9 @@ def test_unknown_padding_side_is_refused():
 
 def test_trainer_flags_the_real_loaders_batches_and_not_left_padded_ones(tmp_path):
     from training.config import RunConfig
-    from training.trainer import make_stream
     from training.testing import make_corpus, train_tokenizer
     from training.tokenizer import Tokenizer
-    from training.trainer import to_device
+    from training.trainer import make_stream, to_device
 
     shards = make_corpus(tmp_path / "shards", num_shards=1, per_shard=4)
     tok = train_tokenizer(tmp_path / "tok.model")

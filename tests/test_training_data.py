@@ -1,6 +1,7 @@
 """The loader: sharding without overlap, exact positions, expansion, flips, corrupt data, fast decode."""
 import copy
 import io
+import json
 import random
 import tarfile
 from pathlib import Path
@@ -207,3 +208,57 @@ def test_fused_jitter_equals_torchvision_functional(batched):
         assert torch.allclose(out[i], F.normalize(x, mean, std), atol=1e-5), i
     assert out.dtype == torch.float32 and out.shape == (6, 3, 20, 28) and out.is_contiguous()
     assert torch.equal(imgs[0], torch.full_like(imgs[0], 255))    # input left untouched
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]]) -> str:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def _encoded(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 40, 40)).save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_training_and_evaluation_keep_and_drop_the_same_samples(tmp_path, corpus):
+    """Both read through shards/: an upper-case or .jpeg image and PNGs are read; a .gif, a sample
+    without an image and a KEY.json that is not JSON are dropped under the same named reasons."""
+    from eval.generate import Dist, load_eval_items
+    _, tok = corpus
+    jpeg = make_jpeg(random.Random(0), 40, 30)
+    cap = lambda text: json.dumps({"captions": [text]}).encode()   # noqa: E731
+    path = _tar(tmp_path / "odd.tar", [
+        ("a.JPG", jpeg), ("a.json", cap("upper case suffix")),
+        ("b.jpeg", jpeg), ("b.json", cap("jpeg suffix")),
+        ("c.gif", _encoded("GIF")), ("c.json", cap("a gif")),
+        ("d.PNG", _encoded("PNG")), ("d.json", cap("png image")),
+        ("f.json", cap("no image at all")),
+        ("g.jpg", jpeg), ("g.json", b"{not json"),
+        ("e.png", _encoded("PNG")), ("e.txt", b"png with only a txt"),   # last: the counts are read at a sample
+    ])
+    items, skipped = load_eval_items(path, d=Dist())
+    texts, counters = epoch_items(spec([path], tok, shuffle_buffer=1, include_qa=False, hflip=0.0))
+    assert sorted(it.key for it in items) == sorted(k for _, k in texts) == ["a", "b", "d", "e"]
+    assert sorted(t for t, _ in texts) == sorted(c for it in items for c in it.captions) == [
+        "jpeg suffix", "png image", "png with only a txt", "upper case suffix"]
+    assert skipped == {"missing_image": 2, "bad_json": 1}
+    assert {k: counters[k] for k in skipped} == skipped and sum(counters.values()) == 3
+
+
+def test_training_checks_shards_against_the_manifest(tmp_path, corpus):
+    """A shard whose size differs from the corpus manifest is skipped whole and counted, as evaluation does."""
+    from shards import ShardInfo, read_shard_stats, resolve, write_manifest
+    _, tok = corpus
+    root = tmp_path / "c"
+    paths = make_corpus(root / "shards", num_shards=2, per_shard=3, qa_per_image=0)
+    write_manifest(str(root), [read_shard_stats(p) for p in paths], None)
+    assert isinstance(read_shard_stats(resolve(str(root))[0]), ShardInfo)
+    with open(paths[1], "ab") as f:
+        f.write(b"\0" * 1024)                      # still a readable tar, but not the one the manifest lists
+    texts, counters = epoch_items(spec(resolve(str(root)), tok, shuffle_buffer=1, hflip=0.0, include_qa=False))
+    assert len(texts) == 3 * 2 and counters["shard_size_mismatch"] == 1

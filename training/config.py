@@ -14,8 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shards.tomlconfig import (ConfigError, build, check, check_choice, check_range, coerce, fail, field_types,
-                               load_toml)
+from shards.tomlconfig import (
+    ConfigError,
+    build,
+    check,
+    check_choice,
+    check_range,
+    coerce,
+    fail,
+    field_types,
+    load_toml,
+)
 
 STAGES = ("mae", "fusion")
 PRECISIONS = ("bf16", "fp32")

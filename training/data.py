@@ -10,7 +10,7 @@ run derives (shard list, tokenizer path, image size from the model, micro-batch 
 Memory per reader: the shuffle buffer (data.shuffle_buffer encoded images) and one micro-batch of
 decoded crops; nothing grows with the corpus.
 
-Why the position is exact. WebDataset's own pipeline state (open tar streams, shuffle buffers)
+Why the position is exact. A streaming pipeline's state (open tar streams, shuffle buffers)
 cannot be checkpointed, so we never need it: everything a reader yields is a pure function of
 (seed, epoch, reader id). A "reader" is one DataLoader worker of one rank (global id
 rank * readers_per_rank + worker). Per epoch the shard list is permuted with a seed of
