@@ -53,6 +53,18 @@ def test_plan_counts_steps_per_pass_from_shard_stats(tmp_path):
     assert plan.steps_per_pass == pytest.approx(30 / 16)
 
 
+def test_plan_says_why_the_corpus_size_is_unknown(tmp_path):
+    from training.testing import make_corpus
+    plan = make_plan(RunConfig.load(REFERENCE, [f"data.shards={tmp_path / 'absent'}"]), nnodes=8, nproc_per_node=8)
+    assert plan.corpus_samples is None and f"no shards at data.shards='{tmp_path / 'absent'}' here" in plan.lines()[-1]
+    make_corpus(tmp_path / "c", num_shards=2, per_shard=3)
+    (tmp_path / "c" / "00001_stats.json").write_text('{"count": 3, "successes": 3}')   # img2dataset's fields only
+    plan = make_plan(RunConfig.load(TINY, [f"data.shards={tmp_path / 'c'}"]), nnodes=1, nproc_per_node=2)
+    assert plan.corpus_samples is None and plan.steps_per_pass is None
+    assert plan.corpus_unknown == f"{tmp_path / 'c' / '00001_stats.json'}: no num_samples, num_pairs, num_qa, " \
+                                  "bytes, sha256 (not written by vlfusion's shard writer)"
+
+
 def test_reference_recipe_values():
     cfg = RunConfig.load(REFERENCE)
     assert cfg.schedule.warmup_steps == 2000 and cfg.schedule.min_lr == 1e-6
