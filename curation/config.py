@@ -16,7 +16,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from shards.tomlconfig import build, check_choice, check_range, fail, load_toml
+from shards.tomlconfig import build, check_choice, check_range, fail, load
 
 SOURCE_KINDS = ("cc3m", "cc12m", "coco", "vg")
 EVAL_KINDS = ("coco-karpathy", "vqav2")
@@ -248,4 +248,4 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
 
 
 def load_config(path: str | None, overrides: list[str] = (), *, base: dict[str, Any] | None = None) -> RunConfig:
-    return from_dict(load_toml(path, overrides, base=base))
+    return load(RunConfig, path, overrides, base=base)

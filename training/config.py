@@ -23,7 +23,7 @@ from shards.tomlconfig import (
     coerce,
     fail,
     field_types,
-    load_toml,
+    load,
 )
 
 STAGES = ("mae", "fusion")
@@ -241,7 +241,7 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-        return cls.from_dict(load_toml(str(path) if path else None, overrides or ()))
+        return load(cls, str(path) if path else None, overrides or ())
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
