@@ -1,7 +1,8 @@
 """Configuration of `curate run`: one TOML file, typed keyword-only dataclasses, `--set key=value` overrides.
 
-Each component owns its dataclass and checks itself in ``__post_init__`` with a message that names the key
-and the allowed values. ``RunConfig.to_dict()`` is the resolved configuration saved in the manifest.
+Each component owns its dataclass and checks its ranges in ``__post_init__``; ``shards.tomlconfig.build`` (the
+builder `train` uses too) refuses unknown keys and wrong types. Every message names the key and what is
+allowed. ``RunConfig.to_dict()`` is the resolved configuration saved in the manifest.
 
 Overrides use dotted keys; list items are addressed by index: ``--set download.timeout=5``,
 ``--set sources.0.path=other.tsv``. The value is parsed as a TOML value (``5``, ``true``, ``["a", "b"]``,
@@ -15,23 +16,12 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from shards.tomlconfig import load_toml
+from shards.tomlconfig import build, check_choice, check_range, fail, load
 
 SOURCE_KINDS = ("cc3m", "cc12m", "coco", "vg")
 EVAL_KINDS = ("coco-karpathy", "vqav2")
 RESIZE_MODES = ("no", "keep_ratio", "center_crop", "border", "keep_ratio_largest")
 ENCODE_FORMATS = ("jpg", "png", "webp")
-
-
-def _fail(key: str, msg: str) -> None:
-    raise ValueError(f"config key {key!r}: {msg}")
-
-
-def _check_range(key: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
-    if lo is not None and value < lo:
-        _fail(key, f"must be >= {lo}, got {value!r}")
-    if hi is not None and value > hi:
-        _fail(key, f"must be <= {hi}, got {value!r}")
 
 
 @dataclass(kw_only=True)
@@ -48,12 +38,11 @@ class SourceConfig:
     max_region_captions: int = 10          # vg: at most this many region phrases per image (largest regions first)
 
     def __post_init__(self) -> None:
-        if self.kind not in SOURCE_KINDS:
-            _fail("sources.kind", f"{self.kind!r} is not one of {SOURCE_KINDS}")
+        check_choice("sources.kind", self.kind, SOURCE_KINDS)
         need = {"cc3m": "path", "cc12m": "path", "coco": "captions", "vg": "image_data"}[self.kind]
         if not getattr(self, need):
-            _fail(f"sources.{need}", f"required for kind {self.kind!r}")
-        _check_range("sources.max_region_captions", self.max_region_captions, 0)
+            fail(f"sources.{need}", f"required for kind {self.kind!r}")
+        check_range("sources.max_region_captions", self.max_region_captions, 0)
 
 
 @dataclass(kw_only=True)
@@ -72,15 +61,13 @@ class EvalSetConfig:
     splits: list[str] = field(default_factory=lambda: ["test", "val"])   # coco-karpathy held-out splits
 
     def __post_init__(self) -> None:
-        if self.kind not in EVAL_KINDS:
-            _fail("eval_sets.kind", f"{self.kind!r} is not one of {EVAL_KINDS}")
+        check_choice("eval_sets.kind", self.kind, EVAL_KINDS)
         required = ("path", "images") if self.kind == "coco-karpathy" else ("questions", "annotations", "images")
         for k in required:
             if not getattr(self, k):
-                _fail(f"eval_sets.{k}", f"required for kind {self.kind!r}")
+                fail(f"eval_sets.{k}", f"required for kind {self.kind!r}")
         for s in self.splits:
-            if s not in ("train", "val", "test", "restval"):
-                _fail("eval_sets.splits", f"{s!r} is not one of train, val, test, restval")
+            check_choice("eval_sets.splits", s, ("train", "val", "test", "restval"))
 
 
 @dataclass(kw_only=True)
@@ -101,25 +88,25 @@ class DownloadConfig:
     num_partitions: int = 64               # fetch partitions; each is fetched and cached as one unit (resume)
 
     def __post_init__(self) -> None:
-        _check_range("download.timeout", self.timeout, 0.01)
-        _check_range("download.retries", self.retries, 0, 20)
-        _check_range("download.backoff_base", self.backoff_base, 0)
-        _check_range("download.backoff_max", self.backoff_max, 0)
-        _check_range("download.max_retry_after", self.max_retry_after, 0)
-        _check_range("download.threads", self.threads, 1, 1024)
-        _check_range("download.per_host_connections", self.per_host_connections, 1)
-        _check_range("download.max_redirects", self.max_redirects, 0, 50)
-        _check_range("download.max_bytes", self.max_bytes, 1)
-        _check_range("download.max_pixels", self.max_pixels, 1)
-        _check_range("download.num_partitions", self.num_partitions, 1)
+        check_range("download.timeout", self.timeout, 0.01)
+        check_range("download.retries", self.retries, 0, 20)
+        check_range("download.backoff_base", self.backoff_base, 0)
+        check_range("download.backoff_max", self.backoff_max, 0)
+        check_range("download.max_retry_after", self.max_retry_after, 0)
+        check_range("download.threads", self.threads, 1, 1024)
+        check_range("download.per_host_connections", self.per_host_connections, 1)
+        check_range("download.max_redirects", self.max_redirects, 0, 50)
+        check_range("download.max_bytes", self.max_bytes, 1)
+        check_range("download.max_pixels", self.max_pixels, 1)
+        check_range("download.num_partitions", self.num_partitions, 1)
         if not self.user_agent_token or any(c.isspace() or c in ";()" for c in self.user_agent_token):
-            _fail("download.user_agent_token", f"must be a non-empty token without spaces, ';' or parentheses, "
+            fail("download.user_agent_token", f"must be a non-empty token without spaces, ';' or parentheses, "
                                                f"got {self.user_agent_token!r}")
         for cidr in self.allowed_networks:
             try:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError as err:
-                _fail("download.allowed_networks", f"{cidr!r} is not a CIDR range ({err})")
+                fail("download.allowed_networks", f"{cidr!r} is not a CIDR range ({err})")
 
 
 @dataclass(kw_only=True)
@@ -132,13 +119,11 @@ class ResizeConfig:
     encode_quality: int = 90
 
     def __post_init__(self) -> None:
-        _check_range("resize.image_size", self.image_size, 8, 8192)
-        if self.resize_mode not in RESIZE_MODES:
-            _fail("resize.resize_mode", f"{self.resize_mode!r} is not one of {RESIZE_MODES}")
-        if self.encode_format not in ENCODE_FORMATS:
-            _fail("resize.encode_format", f"{self.encode_format!r} is not one of {ENCODE_FORMATS}")
+        check_range("resize.image_size", self.image_size, 8, 8192)
+        check_choice("resize.resize_mode", self.resize_mode, RESIZE_MODES)
+        check_choice("resize.encode_format", self.encode_format, ENCODE_FORMATS)
         hi = 9 if self.encode_format == "png" else 100
-        _check_range("resize.encode_quality", self.encode_quality, 0, hi)
+        check_range("resize.encode_quality", self.encode_quality, 0, hi)
 
 
 @dataclass(kw_only=True)
@@ -155,11 +140,11 @@ class CaptionFilterConfig:
     drop_emails: bool = True
 
     def __post_init__(self) -> None:
-        _check_range("caption_filter.min_words", self.min_words, 0)
+        check_range("caption_filter.min_words", self.min_words, 0)
         if self.max_words < self.min_words:
-            _fail("caption_filter.max_words", f"must be >= min_words ({self.min_words}), got {self.max_words}")
-        _check_range("caption_filter.min_letter_ratio", self.min_letter_ratio, 0, 1)
-        _check_range("caption_filter.max_repeated_token_ratio", self.max_repeated_token_ratio, 0, 1)
+            fail("caption_filter.max_words", f"must be >= min_words ({self.min_words}), got {self.max_words}")
+        check_range("caption_filter.min_letter_ratio", self.min_letter_ratio, 0, 1)
+        check_range("caption_filter.max_repeated_token_ratio", self.max_repeated_token_ratio, 0, 1)
 
 
 @dataclass(kw_only=True)
@@ -170,10 +155,10 @@ class ImageFilterConfig:
     min_bytes: int = 500                   # of the downloaded file
 
     def __post_init__(self) -> None:
-        _check_range("image_filter.min_side", self.min_side, 0)
-        _check_range("image_filter.max_aspect_ratio", self.max_aspect_ratio, 1)
-        _check_range("image_filter.min_pixel_std", self.min_pixel_std, 0)
-        _check_range("image_filter.min_bytes", self.min_bytes, 0)
+        check_range("image_filter.min_side", self.min_side, 0)
+        check_range("image_filter.max_aspect_ratio", self.max_aspect_ratio, 1)
+        check_range("image_filter.min_pixel_std", self.min_pixel_std, 0)
+        check_range("image_filter.min_bytes", self.min_bytes, 0)
 
 
 @dataclass(kw_only=True)
@@ -192,18 +177,17 @@ class DedupConfig:
     seed: int = 1
 
     def __post_init__(self) -> None:
-        _check_range("dedup.phash_max_distance", self.phash_max_distance, 0, 64)
-        if self.phash_bands not in (1, 2, 4, 8, 16):
-            _fail("dedup.phash_bands", f"must be one of 1, 2, 4, 8, 16, got {self.phash_bands}")
-        _check_range("dedup.label_rounds", self.label_rounds, 1, 64)
-        _check_range("dedup.caption_ngram", self.caption_ngram, 1, 32)
-        _check_range("dedup.caption_num_perm", self.caption_num_perm, 2, 1024)
+        check_range("dedup.phash_max_distance", self.phash_max_distance, 0, 64)
+        check_choice("dedup.phash_bands", self.phash_bands, (1, 2, 4, 8, 16))
+        check_range("dedup.label_rounds", self.label_rounds, 1, 64)
+        check_range("dedup.caption_ngram", self.caption_ngram, 1, 32)
+        check_range("dedup.caption_num_perm", self.caption_num_perm, 2, 1024)
         if self.caption_bands < 1 or self.caption_num_perm % self.caption_bands:
-            _fail("dedup.caption_bands", f"must divide caption_num_perm ({self.caption_num_perm}), "
+            fail("dedup.caption_bands", f"must divide caption_num_perm ({self.caption_num_perm}), "
                                          f"got {self.caption_bands}")
-        _check_range("dedup.caption_threshold", self.caption_threshold, 0, 1)
-        _check_range("dedup.max_images_per_caption", self.max_images_per_caption, 0)
-        _check_range("dedup.example_clusters", self.example_clusters, 0, 1000)
+        check_range("dedup.caption_threshold", self.caption_threshold, 0, 1)
+        check_range("dedup.max_images_per_caption", self.max_images_per_caption, 0)
+        check_range("dedup.example_clusters", self.example_clusters, 0, 1000)
 
 
 @dataclass(kw_only=True)
@@ -211,7 +195,7 @@ class DecontamConfig:
     phash_max_distance: int = 10
 
     def __post_init__(self) -> None:
-        _check_range("decontam.phash_max_distance", self.phash_max_distance, 0, 64)
+        check_range("decontam.phash_max_distance", self.phash_max_distance, 0, 64)
 
 
 @dataclass(kw_only=True)
@@ -220,7 +204,7 @@ class ShardConfig:
     seed: int = 0                          # of the deterministic shuffle across shards
 
     def __post_init__(self) -> None:
-        _check_range("shard.samples_per_shard", self.samples_per_shard, 1)
+        check_range("shard.samples_per_shard", self.samples_per_shard, 1)
 
 
 @dataclass(kw_only=True)
@@ -240,9 +224,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if not self.output:
-            _fail("output", "required (a local path or fsspec URL)")
+            fail("output", "required (a local path or fsspec URL)")
         if not self.sources:
-            _fail("sources", "at least one [[sources]] table is required")
+            fail("sources", "at least one [[sources]] table is required")
         seen: dict[str, int] = {}
         for s in self.sources:
             if not s.name:
@@ -250,7 +234,7 @@ class RunConfig:
                 s.name = s.kind if seen[s.kind] == 1 else f"{s.kind}#{seen[s.kind]}"
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
-            _fail("sources.name", f"source names must be unique, got {names}")
+            fail("sources.name", f"source names must be unique, got {names}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -259,70 +243,9 @@ class RunConfig:
         return next(s for s in self.sources if s.name == name)
 
 
-_SECTIONS = {"download": DownloadConfig, "resize": ResizeConfig, "caption_filter": CaptionFilterConfig,
-             "image_filter": ImageFilterConfig, "dedup": DedupConfig, "decontam": DecontamConfig,
-             "shard": ShardConfig}
-
-
-def _build(cls, data: Any, key: str):
-    if not isinstance(data, dict):
-        _fail(key, f"must be a table, got {type(data).__name__}")
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        _fail(f"{key}.{unknown[0]}" if key else unknown[0], f"unknown key; allowed: {sorted(names)}")
-    kwargs = {}
-    for k, v in data.items():
-        f = names[k]
-        full = f"{key}.{k}" if key else k
-        want = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        if want in ("int",) and (not isinstance(v, int) or isinstance(v, bool)):
-            _fail(full, f"must be an integer, got {v!r}")
-        if want == "float" and (not isinstance(v, (int, float)) or isinstance(v, bool)):
-            _fail(full, f"must be a number, got {v!r}")
-        if want == "bool" and not isinstance(v, bool):
-            _fail(full, f"must be true or false, got {v!r}")
-        if want == "str" and not isinstance(v, str):
-            _fail(full, f"must be a string, got {v!r}")
-        if want.startswith("list[str]") and (not isinstance(v, list) or not all(isinstance(x, str) for x in v)):
-            _fail(full, f"must be a list of strings, got {v!r}")
-        kwargs[k] = float(v) if want == "float" else v
-    return cls(**kwargs)
-
-
 def from_dict(data: dict[str, Any]) -> RunConfig:
-    data = dict(data)
-    allowed = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        _fail(unknown[0], f"unknown key; allowed: {sorted(allowed)}")
-    for req in ("output", "sources"):
-        if req not in data:
-            _fail(req, "required")
-    sources = data.pop("sources")
-    if not isinstance(sources, list):
-        _fail("sources", "must be an array of tables ([[sources]])")
-    evals = data.pop("eval_sets", [])
-    if not isinstance(evals, list):
-        _fail("eval_sets", "must be an array of tables ([[eval_sets]])")
-    kwargs: dict[str, Any] = {
-        "sources": [_build(SourceConfig, s, f"sources.{i}") for i, s in enumerate(sources)],
-        "eval_sets": [_build(EvalSetConfig, e, f"eval_sets.{i}") for i, e in enumerate(evals)],
-    }
-    for name, cls in _SECTIONS.items():
-        if name in data:
-            kwargs[name] = _build(cls, data.pop(name), name)
-    if "output" in data and not isinstance(data["output"], str):
-        _fail("output", f"must be a string, got {data['output']!r}")
-    if "progress_seconds" in data:
-        kwargs["progress_seconds"] = float(data.pop("progress_seconds"))
-    if "report" in data:
-        if not isinstance(data["report"], bool):
-            _fail("report", f"must be true or false, got {data['report']!r}")
-        kwargs["report"] = data.pop("report")
-    kwargs["output"] = data.pop("output")
-    return RunConfig(**kwargs)
+    return build(RunConfig, data)
 
 
 def load_config(path: str | None, overrides: list[str] = (), *, base: dict[str, Any] | None = None) -> RunConfig:
-    return from_dict(load_toml(path, overrides, base=base))
+    return load(RunConfig, path, overrides, base=base)

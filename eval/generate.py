@@ -9,7 +9,8 @@ Flow (one process, or one per GPU under torchrun):
 Captioning: prompt [BOS]; image id = the COCO id from the sample's `sources` (an int), else the sample key.
 VQA: prompt "[BOS] question: {q} answer:"; every question in the samples' `qa` with its human answers is
 answered; question_id comes from the data (or "<key>:<index>" when the data has none).
-Images are centre-cropped and resized to the model's image size, normalised with the run's mean/std.
+Images are centre-cropped and resized to the model's image size, normalised with the run's mean/std (read
+from the checkpoint's config.json through `training.config.RunConfig.from_record`).
 """
 from __future__ import annotations
 
@@ -23,10 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @dataclass(kw_only=True)
 class GenerationConfig:
@@ -185,15 +182,16 @@ def _load(cfg: GenerationConfig, d: Dist):
     import torch
 
     from training.checkpoint import load_for_inference
+    from training.config import RunConfig
 
     if cfg.device == "auto":
         device = torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(cfg.device)
-    model, tokenizer, run_cfg = load_for_inference(cfg.checkpoint, device=device)
-    aug = run_cfg.get("augment") or {}
-    mean, std = aug.get("mean", IMAGENET_MEAN), aug.get("std", IMAGENET_STD)
-    return model, tokenizer, device, mean, std
+    model, tokenizer, record = load_for_inference(cfg.checkpoint, device=device)
+    # the run's own config, through training's loader and checks: the pixels are normalised as in training
+    run_cfg = RunConfig.from_record(record, where=f"{cfg.checkpoint}: config.json")
+    return model, tokenizer, device, run_cfg.augment.mean, run_cfg.augment.std
 
 
 def _generate(model, tokenizer, images, prompts, cfg: GenerationConfig) -> list[str]:

@@ -10,12 +10,21 @@ A corpus directory holds ``shards/NNNNN.tar`` (WebDataset: ``KEY.jpg``, ``KEY.tx
 """
 
 from .manifest import read_manifest, write_manifest
-from .reader import ReadCounters, ShardRef, iter_samples, iter_shard, resolve, resolve_shards
+from .reader import (
+    ReadCounters,
+    ShardRef,
+    iter_samples,
+    iter_shard,
+    read_shard_stats,
+    resolve,
+    resolve_shards,
+    stats_path,
+)
 from .schema import SCHEMA_VERSION, Sample, make_key
-from .writer import ShardInfo, ShardWriter, is_complete, read_shard_info, shard_name, write_shard
+from .writer import ShardInfo, ShardWriter, is_complete, shard_name, write_shard
 
 __all__ = [
     "SCHEMA_VERSION", "ReadCounters", "Sample", "ShardInfo", "ShardRef", "ShardWriter",
-    "is_complete", "iter_samples", "iter_shard", "make_key", "read_manifest", "read_shard_info",
-    "resolve", "resolve_shards", "shard_name", "write_manifest", "write_shard",
+    "is_complete", "iter_samples", "iter_shard", "make_key", "read_manifest",
+    "read_shard_stats", "resolve", "resolve_shards", "stats_path", "shard_name", "write_manifest", "write_shard",
 ]

@@ -4,6 +4,11 @@ A shard set can be named by a corpus directory, a ``manifest.json``, a directory
 pattern (``shards/{00000..00009}.tar``), a glob, or a list of any of these. Tars are streamed
 member by member and never unpickled. A corrupt member or a truncated tar is skipped and counted
 in :class:`ReadCounters` under a named reason; reading goes on with the next sample or shard.
+
+This is the one place that turns tar members into samples (``KEY.json`` parsing, the image extensions)
+and reads a shard's ``_stats.json``: curation's checks, training, planning and evaluation all read
+through it, so a sample is kept or dropped for the same named reason everywhere. Memory: one sample's
+members at a time.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from braceexpand import braceexpand
 from . import fsutil
 from .manifest import MANIFEST_NAME, SHARDS_SUBDIR, read_manifest
 from .schema import IMAGE_EXTENSIONS, Sample
+from .writer import ShardInfo
 
 MAX_ERROR_EXAMPLES = 20
 
@@ -147,10 +153,13 @@ def _build_sample(key: str, members: dict[str, bytes], where: str,
 
 def iter_shard(ref: ShardRef | str, counters: ReadCounters | None = None,
                verify: bool = True) -> Iterator[Sample]:
+    """The samples of one tar. With ``verify`` and a manifest entry, a shard whose size differs is
+    skipped whole and one whose sha256 differs is counted once read (its samples were already yielded)."""
     ref = ShardRef(ref) if isinstance(ref, str) else ref
     counters = counters if counters is not None else ReadCounters()
     where = ref.path
-    if verify and ref.expected is not None:
+    checked = verify and ref.expected is not None
+    if checked:
         try:
             actual = fsutil.size(ref.path)
         except FileNotFoundError:
@@ -176,8 +185,9 @@ def iter_shard(ref: ShardRef | str, counters: ReadCounters | None = None,
     members: dict[str, bytes] = {}
     try:
         with fsutil.open_read(ref.path) as raw:
-            hashing = _Hashing(raw)
-            with tarfile.open(fileobj=hashing, mode="r|*") as tar:
+            # hash only what a manifest can confirm: a plain directory of tars has no digest to compare
+            stream = _Hashing(raw) if checked else raw
+            with tarfile.open(fileobj=stream, mode="r|*") as tar:
                 for info in tar:
                     if not info.isfile():
                         continue
@@ -191,9 +201,10 @@ def iter_shard(ref: ShardRef | str, counters: ReadCounters | None = None,
                         current_key, members = key, {}
                     f = tar.extractfile(info)
                     members[ext] = f.read() if f is not None else b""
-            # Drain the padding so the digest covers the whole file.
-            while hashing.read(1 << 20):
-                pass
+            if checked:
+                # Drain the padding so the digest covers the whole file.
+                while stream.read(1 << 20):
+                    pass
     except (tarfile.TarError, EOFError, OSError) as e:
         counters.skip("truncated_tar", where, str(e))
         return
@@ -202,7 +213,7 @@ def iter_shard(ref: ShardRef | str, counters: ReadCounters | None = None,
         if sample is not None:
             counters.samples += 1
             yield sample
-    if verify and ref.expected is not None and sha.hexdigest() != ref.expected["sha256"]:
+    if checked and sha.hexdigest() != ref.expected["sha256"]:
         counters.skip("shard_sha256_mismatch", where, "content differs from the manifest")
 
 
@@ -212,3 +223,35 @@ def iter_samples(spec: str | Iterable[str], *, verify: bool = True,
     counters = counters if counters is not None else ReadCounters()
     for ref in resolve(spec, counters):
         yield from iter_shard(ref, counters, verify)
+
+
+def stats_path(tar_path: str) -> str:
+    """The ``NNNNN_stats.json`` written beside ``NNNNN.tar`` (the writer's completion marker)."""
+    if not tar_path.endswith(".tar"):
+        raise ValueError(f"{tar_path!r} is not a .tar path")
+    return tar_path[: -len(".tar")] + "_stats.json"
+
+
+def read_shard_stats(ref: ShardRef | str) -> ShardInfo:
+    """A shard's counts, size and sha256: the manifest's entry when the shard was named through one (no
+    I/O), else its ``_stats.json``. FileNotFoundError when there is none; ValueError naming the file when
+    it is unreadable or not a vlfusion shard's (img2dataset's stats have no caption or QA counts)."""
+    ref = ShardRef(ref) if isinstance(ref, str) else ref
+    fields = ShardInfo.__dataclass_fields__
+    if ref.expected is not None:
+        entry, where = ref.expected, f"the manifest's entry for {ref.path}"
+    else:
+        where = stats_path(ref.path)
+        try:
+            entry = json.loads(fsutil.read_bytes(where))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{where}: no such file (the shard has no stats)") from None
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ValueError(f"{where}: not JSON ({e})") from None
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: not a JSON object")
+    missing = [k for k in fields if k not in entry and k != "name"]
+    if missing:
+        raise ValueError(f"{where}: no {', '.join(missing)} (not written by vlfusion's shard writer)")
+    return ShardInfo(**{**{k: entry[k] for k in fields if k != "name"},
+                        "name": posixpath.basename(ref.path.replace("\\", "/"))})

@@ -157,7 +157,3 @@ def is_complete(shards_dir: str, index: int) -> bool:
     """A shard is complete once its stats file, written last, exists."""
     return fsutil.exists(fsutil.join(shards_dir, shard_name(index) + "_stats.json"))
 
-
-def read_shard_info(shards_dir: str, index: int) -> ShardInfo:
-    stats = json.loads(fsutil.read_bytes(fsutil.join(shards_dir, shard_name(index) + "_stats.json")))
-    return ShardInfo(**{k: stats[k] for k in ShardInfo.__dataclass_fields__})

@@ -37,7 +37,7 @@ def test_config_overrides_and_errors(tmp_path):
     assert cfg.to_dict()["download"]["timeout"] == 5.0
     for bad, key in [("download.timeout=-1", "download.timeout"), ("resize.resize_mode=zoom", "resize.resize_mode"),
                      ("download.allowed_networks=[\"nope\"]", "download.allowed_networks"),
-                     ("download.bogus=1", "download.bogus"), ("sources.0.kind=laion", "sources.kind"),
+                     ("download.bogus=1", "download.bogus"), ("sources.0.kind=laion", "sources.0.kind"),
                      ("dedup.phash_bands=3", "dedup.phash_bands")]:
         with pytest.raises(ValueError, match=key.replace(".", r"\.")):
             load_config(str(toml), [bad])

@@ -14,8 +14,9 @@ from PIL import Image
 
 from curation.tokenizer import TokenizerTrainConfig, train_from_sentences
 from eval.cli import main
-from eval.generate import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from eval.generate import preprocess
 from shards import Sample, make_key, write_shard
+from training.config import IMAGE_MEAN, IMAGE_STD, RunConfig
 from training.model import FusionModel, ModelConfig
 from training.tokenizer import Tokenizer
 
@@ -66,7 +67,7 @@ def setup(tmp_path_factory):
     torch.set_num_threads(1)
     cfg = ModelConfig.preset("tiny", vocab_size=tok.vocab_size, itc_loss_weight=0.0)
     model = FusionModel(cfg)
-    pixels = preprocess(images, size=cfg.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu")
+    pixels = preprocess(images, size=cfg.image_size, mean=IMAGE_MEAN, std=IMAGE_STD, device="cpu")
     rows = [tok.encode_caption(caption_of(c)) for c in COLORS] + [tok.encode_vqa(QUESTION, c) for c in COLORS]
     T = max(len(ids) for ids, _ in rows)
     batch = {
@@ -92,9 +93,8 @@ def setup(tmp_path_factory):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt / "model.safetensors"))
     torch.save({"step": 1, "world_size": 1}, ckpt / "train_state.pt")
     shutil.copyfile(tok_path, ckpt / "tokenizer.model")
-    (ckpt / "config.json").write_text(json.dumps({
-        "stage": "fusion", "model": cfg.to_dict(), "tokenizer": str(tok_path),
-        "augment": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}}))
+    run = RunConfig.load(REPO / "training/configs/tiny.toml", [f"init.tokenizer={tok_path}"])
+    (ckpt / "config.json").write_text(json.dumps(run.to_record(model=cfg.to_dict(), tokenizer=str(tok_path))))
     return {"run": root / "run", "data": data, "root": root}
 
 

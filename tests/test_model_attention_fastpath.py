@@ -110,18 +110,16 @@ def test_unknown_padding_side_is_refused():
 def test_trainer_flags_the_real_loaders_batches_and_not_left_padded_ones(tmp_path):
     from curation.synthetic.corpus import make_shards, train_small_tokenizer
     from training.config import RunConfig
-    from training.data import ShardStream, StreamSpec
     from training.tokenizer import Tokenizer
-    from training.trainer import to_device
+    from training.trainer import make_stream, to_device
 
     shards = make_shards(tmp_path / "shards", num_shards=1, per_shard=4)
     tok = train_small_tokenizer(tmp_path / "tok.model")
-    spec = StreamSpec(shards=shards, stage="fusion", seed=1, rank=0, world_size=1, readers_per_rank=1,
-                      micro_batch=6, image_size=32, max_tokens=60, shuffle_buffer=4, tokenizer=tok)
-    batch = next(iter(ShardStream(spec)))
+    cfg = RunConfig.load(ROOT / "training/configs/tiny.toml",
+                         ["seed=1", "data.max_tokens=60", "data.shuffle_buffer=4", f"init.tokenizer={tok}"])
+    batch = next(iter(make_stream(cfg, shards=shards, rank=0, world=1, micro_batch=6, image_size=32)))
     lengths = batch["attention_mask"].sum(1)
     assert lengths.min() < lengths.max() < 60 and batch["is_vqa"].any() and batch["itc_mask"].any()
-    cfg = RunConfig.load(ROOT / "training/configs/tiny.toml")
     mb = to_device(batch, torch.device("cpu"), cfg)
     assert mb["padding_side"] == "right"
 

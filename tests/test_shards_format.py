@@ -74,6 +74,25 @@ def test_layout_manifest_and_sizes(corpus):
     assert stats["count"] == stats["successes"] == 4
 
 
+def test_shard_stats_come_from_the_manifest_or_the_stats_file(corpus, tmp_path):
+    root, samples = corpus
+    from_manifest = [shards.read_shard_stats(r) for r in shards.resolve(str(root))]
+    from_files = [shards.read_shard_stats(p) for p in sorted(str(p) for p in (root / "shards").glob("*.tar"))]
+    assert from_manifest == from_files
+    assert [(i.name, i.num_samples, i.num_pairs, i.num_qa) for i in from_files] == [
+        ("00000.tar", 4, 8, sum(len(s.qa) for s in samples[:4])), ("00001.tar", 3, 6, sum(len(s.qa) for s in samples[4:]))]
+    # img2dataset's stats have no caption or QA counts; a tar without stats has none at all
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "00000.tar").write_bytes((root / "shards" / "00000.tar").read_bytes())
+    (other / "00000_stats.json").write_text(json.dumps({"count": 4, "successes": 4}))
+    with pytest.raises(ValueError, match=r"00000_stats.json: no num_samples, num_pairs, num_qa, bytes, sha256"):
+        shards.read_shard_stats(str(other / "00000.tar"))
+    (other / "00000_stats.json").unlink()
+    with pytest.raises(FileNotFoundError, match="00000_stats.json: no such file"):
+        shards.read_shard_stats(str(other / "00000.tar"))
+
+
 def test_plain_webdataset_reads_every_sample(corpus):
     root, samples = corpus
     ds = wds.WebDataset(str(root / "shards" / "{00000..00001}.tar"), shardshuffle=False)

@@ -1,5 +1,7 @@
 """The loader: sharding without overlap, exact positions, expansion, flips, corrupt data, fast decode."""
+import copy
 import io
+import json
 import random
 import tarfile
 from pathlib import Path
@@ -10,7 +12,8 @@ from PIL import Image
 
 from curation.synthetic.corpus import make_jpeg, make_samples, make_shards, train_small_tokenizer
 from training.augment import decode_and_crop, jitter_flip_normalise, swap_left_right
-from training.data import Loader, ShardStream, StreamSpec, check_enough_shards, reader_shards
+from training.config import AugmentConfig, DataConfig
+from training.data import Loader, ShardStream, check_enough_shards, reader_shards
 
 
 @pytest.fixture(scope="module")
@@ -21,16 +24,19 @@ def corpus(tmp_path_factory):
     return shards, tok
 
 
-def spec(shards, tok, **kw):
-    base = dict(shards=shards, stage="fusion", seed=3, rank=0, world_size=1, readers_per_rank=1, micro_batch=4,
-                image_size=32, max_tokens=77, shuffle_buffer=8, tokenizer=tok)
+def spec(shards, tok, *, hflip=0.5, num_workers=0, shuffle_buffer=8, include_qa=True, **kw):
+    """A stream over ``shards`` built from the run's config sections, as the trainer builds it."""
+    base = dict(stage="fusion", seed=3, rank=0, world_size=1, micro_batch=4, image_size=32, tokenizer=tok)
     base.update(kw)
-    return StreamSpec(**base)
+    return ShardStream(shards, data=DataConfig(num_workers=num_workers, shuffle_buffer=shuffle_buffer,
+                                               include_qa=include_qa),
+                       augment=AugmentConfig(hflip=hflip), **base)
 
 
-def epoch_items(s: StreamSpec, reader_local=0, epoch=0):
+def epoch_items(s: ShardStream, reader_local=0, epoch=0):
     """(text, image key) of each sample of one epoch of one reader, in order."""
-    stream = ShardStream(s, positions=[(epoch, 0)] * s.readers_per_rank)
+    stream = copy.copy(s)
+    stream.positions = [(epoch, 0)] * s.readers_per_rank
     out, counts = [], {}
     for sample, ep, _, counters in stream.reader_stream(reader_local):
         if ep != epoch:
@@ -60,7 +66,7 @@ def test_every_caption_and_qa_pair_is_a_sample_and_tokens_fit(corpus):
     shards, tok = corpus
     items, _ = epoch_items(spec(shards, tok))
     assert len(items) == 4 * 6 * (2 + 1)
-    batch = next(iter(ShardStream(spec(shards, tok))))
+    batch = next(iter(spec(shards, tok)))
     assert batch["input_ids"].shape == (4, 77) and batch["image"].dtype == torch.uint8
     assert batch["image"].shape == (4, 3, 32, 32)
     assert (batch["itc_mask"] == ~batch["is_vqa"]).all()
@@ -71,7 +77,7 @@ def test_rows_of_one_image_share_an_image_id(corpus):
     # no shuffle: the 2 captions + 1 QA pair of each image arrive next to each other, so a batch of 6 holds
     # exactly two images, three rows each
     shards, tok = corpus
-    batch = next(iter(ShardStream(spec(shards[:1], tok, shuffle_buffer=1, micro_batch=6))))
+    batch = next(iter(spec(shards[:1], tok, shuffle_buffer=1, micro_batch=6)))
     ids, keys = batch["image_id"], batch["key"]
     assert ids.dtype == torch.int64 and ids.shape == (6,) and len(set(keys)) == 2
     assert all((ids[i] == ids[j]).item() == (keys[i] == keys[j]) for i in range(6) for j in range(6))
@@ -102,27 +108,27 @@ def test_order_is_deterministic_per_seed_and_epoch(corpus):
 
 def test_loader_resume_with_two_workers_is_exact(corpus):
     shards, tok = corpus
-    s = spec(shards, tok, readers_per_rank=2, micro_batch=5)
-    straight = Loader(s, num_workers=2)
+    s = spec(shards, tok, num_workers=2, micro_batch=5)
+    straight = Loader(s)
     first = [next(straight) for _ in range(7)]
     state = straight.state_dict()
     rest = [next(straight) for _ in range(5)]
     # positions cross an epoch boundary: 2 readers x 36 samples, 35 consumed
     assert state["next_reader"] == 1 and len(state["positions"]) == 2
-    resumed = Loader(s, num_workers=2, state=state)
+    resumed = Loader(s, state=state)
     again = [next(resumed) for _ in range(5)]
     for x, y in zip(rest, again):
         assert torch.equal(x["image"], y["image"]) and torch.equal(x["input_ids"], y["input_ids"])
         assert torch.equal(x["jitter"], y["jitter"]) and x["text"] == y["text"]
     assert len({tuple(b["text"]) for b in first + rest}) == 12
     with pytest.raises(ValueError, match="same data.num_workers"):
-        Loader(s, num_workers=2, state={"positions": [[0, 0]], "next_reader": 0})
+        Loader(s, state={"positions": [[0, 0]], "next_reader": 0})
 
 
 def test_fewer_shards_than_readers_is_an_error_before_starting(corpus):
     shards, tok = corpus
     with pytest.raises(ValueError, match="4 shard\\(s\\) for 6 readers"):
-        Loader(spec(shards, tok, world_size=3, readers_per_rank=2), num_workers=2)
+        Loader(spec(shards, tok, world_size=3, num_workers=2))
     check_enough_shards(4, world_size=2, readers_per_rank=2)
 
 
@@ -143,7 +149,7 @@ def test_corrupt_sample_and_truncated_shard_are_skipped_and_counted(tmp_path, co
     s = spec([good[0], good[1], str(bad)], tok, shuffle_buffer=1)
     items, counters = epoch_items(s)
     assert counters["bad_image"] == 1
-    assert counters["corrupt_shard"] == 1
+    assert counters["truncated_tar"] == 1
     texts = [t for t, _ in items]
     assert "a cat" in texts and "a dog" not in texts
     assert 4 * 2 + 1 < len(items) < 4 * 2 * 2 + 1     # shard 0 whole, part of shard 1, one of bad.tar
@@ -154,7 +160,7 @@ def test_only_corrupt_shards_raise_instead_of_hanging(tmp_path, corpus):
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"\0garbage" * 100)
     with pytest.raises(RuntimeError, match="no readable samples"):
-        next(iter(ShardStream(spec([str(junk)], tok))))
+        next(iter(spec([str(junk)], tok)))
 
 
 def test_fast_decode_sees_the_same_region_as_full_decode():
@@ -202,3 +208,57 @@ def test_fused_jitter_equals_torchvision_functional(batched):
         assert torch.allclose(out[i], F.normalize(x, mean, std), atol=1e-5), i
     assert out.dtype == torch.float32 and out.shape == (6, 3, 20, 28) and out.is_contiguous()
     assert torch.equal(imgs[0], torch.full_like(imgs[0], 255))    # input left untouched
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]]) -> str:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def _encoded(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 40, 40)).save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_training_and_evaluation_keep_and_drop_the_same_samples(tmp_path, corpus):
+    """Both read through shards/: an upper-case or .jpeg image and PNGs are read; a .gif, a sample
+    without an image and a KEY.json that is not JSON are dropped under the same named reasons."""
+    from eval.generate import Dist, load_eval_items
+    _, tok = corpus
+    jpeg = make_jpeg(random.Random(0), 40, 30)
+    cap = lambda text: json.dumps({"captions": [text]}).encode()   # noqa: E731
+    path = _tar(tmp_path / "odd.tar", [
+        ("a.JPG", jpeg), ("a.json", cap("upper case suffix")),
+        ("b.jpeg", jpeg), ("b.json", cap("jpeg suffix")),
+        ("c.gif", _encoded("GIF")), ("c.json", cap("a gif")),
+        ("d.PNG", _encoded("PNG")), ("d.json", cap("png image")),
+        ("f.json", cap("no image at all")),
+        ("g.jpg", jpeg), ("g.json", b"{not json"),
+        ("e.png", _encoded("PNG")), ("e.txt", b"png with only a txt"),   # last: the counts are read at a sample
+    ])
+    items, skipped = load_eval_items(path, d=Dist())
+    texts, counters = epoch_items(spec([path], tok, shuffle_buffer=1, include_qa=False, hflip=0.0))
+    assert sorted(it.key for it in items) == sorted(k for _, k in texts) == ["a", "b", "d", "e"]
+    assert sorted(t for t, _ in texts) == sorted(c for it in items for c in it.captions) == [
+        "jpeg suffix", "png image", "png with only a txt", "upper case suffix"]
+    assert skipped == {"missing_image": 2, "bad_json": 1}
+    assert {k: counters[k] for k in skipped} == skipped and sum(counters.values()) == 3
+
+
+def test_training_checks_shards_against_the_manifest(tmp_path, corpus):
+    """A shard whose size differs from the corpus manifest is skipped whole and counted, as evaluation does."""
+    from shards import ShardInfo, read_shard_stats, resolve, write_manifest
+    _, tok = corpus
+    root = tmp_path / "c"
+    paths = make_shards(root / "shards", num_shards=2, per_shard=3, qa_per_image=0)
+    write_manifest(str(root), [read_shard_stats(p) for p in paths], None)
+    assert isinstance(read_shard_stats(resolve(str(root))[0]), ShardInfo)
+    with open(paths[1], "ab") as f:
+        f.write(b"\0" * 1024)                      # still a readable tar, but not the one the manifest lists
+    texts, counters = epoch_items(spec(resolve(str(root)), tok, shuffle_buffer=1, hflip=0.0, include_qa=False))
+    assert len(texts) == 3 * 2 and counters["shard_size_mismatch"] == 1

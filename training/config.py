@@ -1,8 +1,11 @@
-"""Run configuration: one TOML file per run, `--set key=value` overrides on top.
+"""Run configuration of `train`: one TOML file per run, `--set key=value` overrides on top.
 
-Each component owns a keyword-only dataclass validated in `__post_init__`, so a bad
-value fails before any process starts, with a message naming the key and what is allowed.
-`RunConfig.load(path, overrides)` is the only entry point the CLI and the worker use.
+Each component owns a keyword-only dataclass validated in `__post_init__`; `shards.tomlconfig.build` (the
+builder `curate run` uses too) refuses unknown keys and wrong types, so a bad value fails before any
+process starts, with a message naming the key and what is allowed. `RunConfig.load(path, overrides)` is
+the entry point of the CLI and the worker; `RunConfig.from_record` reads a checkpoint's config.json back
+(evaluation uses it). `RunConfig.check_paths()` checks that what the run reads exists here; the launcher
+calls it before torchrun starts.
 """
 from __future__ import annotations
 
@@ -11,26 +14,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shards.tomlconfig import load_toml
+from shards.tomlconfig import (
+    ConfigError,
+    build,
+    check,
+    check_choice,
+    check_range,
+    coerce,
+    fail,
+    field_types,
+    load,
+)
 
 STAGES = ("mae", "fusion")
 PRECISIONS = ("bf16", "fp32")
 PARALLELS = ("ddp", "fsdp")
 PRESETS = ("tiny", "base", "large")
 
-
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ValueError(f"config key '{key}': {msg}")
-
+# ImageNet's per-channel statistics: the pixel normalisation of training and, read back from a checkpoint's
+# config, of evaluation (a model sees at test time the pixel scale it was trained on).
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
 
 @dataclass(kw_only=True)
 class ModelSection:
     preset: str = "tiny"
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)   # any ModelConfig field
 
     def __post_init__(self):
-        _check(self.preset in PRESETS, "model.preset", f"got {self.preset!r}, allowed {PRESETS}")
+        check_choice("model.preset", self.preset, PRESETS)
+        from training.model.config import ModelConfig
+        known = field_types(ModelConfig)
+        for name, value in list(self.overrides.items()):
+            key = f"model.overrides.{name}"
+            if name not in known:
+                fail(key, f"unknown model key; known: {', '.join(sorted(known))}")
+            self.overrides[name] = coerce(known[name], value, key)
 
     def build(self):
         from training.model import ModelConfig  # heavy import only when a model is wanted
@@ -39,7 +58,7 @@ class ModelSection:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    shards: str = ""                  # dir | manifest.json | brace pattern (shards.resolve_shards)
+    shards: str = ""                  # dir | manifest.json | brace pattern | glob (shards.resolve)
     num_workers: int = 2              # DataLoader worker processes per rank (0 = in the main process)
     shuffle_buffer: int = 1000        # samples held by each reader for shuffling
     max_tokens: int = 77
@@ -48,12 +67,12 @@ class DataConfig:
     prefetch_factor: int = 2
 
     def __post_init__(self):
-        _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
-        _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
-        _check(8 <= self.max_tokens <= 4096, "data.max_tokens", f"must be in [8, 4096], got {self.max_tokens}")
-        _check(self.include_captions or self.include_qa, "data.include_captions/include_qa",
-               "at least one of them must be true")
-        _check(self.prefetch_factor >= 1, "data.prefetch_factor", "must be >= 1")
+        check_range("data.num_workers", self.num_workers, 0)
+        check_range("data.shuffle_buffer", self.shuffle_buffer, 1)
+        check_range("data.max_tokens", self.max_tokens, 8, 4096)
+        check(self.include_captions or self.include_qa, "data.include_captions",
+              "data.include_captions and data.include_qa are both false: at least one must be true")
+        check_range("data.prefetch_factor", self.prefetch_factor, 1)
 
 
 @dataclass(kw_only=True)
@@ -66,19 +85,21 @@ class AugmentConfig:
     contrast: float = 0.4
     saturation: float = 0.4
     fast_decode: bool = True          # JPEG draft mode: decode at the smallest scale >= the crop's need
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] = field(default_factory=lambda: list(IMAGE_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGE_STD))
 
     def __post_init__(self):
-        lo, hi = self.crop_scale
-        _check(0 < lo <= hi <= 1, "augment.crop_scale", f"need 0 < min <= max <= 1, got {self.crop_scale}")
-        lo, hi = self.crop_ratio
-        _check(0 < lo <= hi, "augment.crop_ratio", f"need 0 < min <= max, got {self.crop_ratio}")
-        _check(0 <= self.hflip <= 1, "augment.hflip", f"is a probability, got {self.hflip}")
+        check(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+              "augment.crop_scale", f"need [min, max] with 0 < min <= max <= 1, got {self.crop_scale}")
+        check(len(self.crop_ratio) == 2 and 0 < self.crop_ratio[0] <= self.crop_ratio[1],
+              "augment.crop_ratio", f"need [min, max] with 0 < min <= max, got {self.crop_ratio}")
+        check_range("augment.hflip", self.hflip, 0, 1)
         for k in ("brightness", "contrast", "saturation"):
             v = getattr(self, k)
-            _check(0 <= v < 1, f"augment.{k}", f"must be in [0, 1), got {v}")
-        _check(len(self.mean) == 3 and len(self.std) == 3, "augment.mean/std", "need 3 values each")
+            check(0 <= v < 1, f"augment.{k}", f"must be in [0, 1), got {v}")
+        check(len(self.mean) == 3, "augment.mean", f"need 3 values (R, G, B), got {self.mean}")
+        check(len(self.std) == 3 and all(v > 0 for v in self.std), "augment.std",
+              f"need 3 values > 0 (R, G, B), got {self.std}")
 
 
 @dataclass(kw_only=True)
@@ -89,10 +110,11 @@ class OptimConfig:
     weight_decay: float = 0.05        # not applied to norms, biases, embeddings
 
     def __post_init__(self):
-        _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
-               f"need two values in [0, 1), got {self.betas}")
-        _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas",
+              f"need two values in [0, 1), got {self.betas}")
+        check(self.eps > 0, "optim.eps", f"must be > 0, got {self.eps}")
+        check_range("optim.weight_decay", self.weight_decay, 0)
 
 
 @dataclass(kw_only=True)
@@ -102,10 +124,10 @@ class ScheduleConfig:
     min_lr: float = 1e-6
 
     def __post_init__(self):
-        _check(self.total_steps >= 1, "schedule.total_steps", f"must be >= 1, got {self.total_steps}")
-        _check(0 <= self.warmup_steps <= self.total_steps, "schedule.warmup_steps",
-               f"must be in [0, total_steps={self.total_steps}], got {self.warmup_steps}")
-        _check(self.min_lr >= 0, "schedule.min_lr", "must be >= 0")
+        check_range("schedule.total_steps", self.total_steps, 1)
+        check(0 <= self.warmup_steps <= self.total_steps, "schedule.warmup_steps",
+              f"must be in [0, total_steps={self.total_steps}], got {self.warmup_steps}")
+        check_range("schedule.min_lr", self.min_lr, 0)
 
 
 @dataclass(kw_only=True)
@@ -115,9 +137,9 @@ class BatchConfig:
     micro_batch: int = 0              # per device per micro-step; 0 = derived from the other two and the world size
 
     def __post_init__(self):
-        _check(self.global_batch >= 1, "batch.global_batch", f"must be >= 1, got {self.global_batch}")
-        _check(self.grad_accum >= 1, "batch.grad_accum", f"must be >= 1, got {self.grad_accum}")
-        _check(self.micro_batch >= 0, "batch.micro_batch", f"must be >= 0, got {self.micro_batch}")
+        check_range("batch.global_batch", self.global_batch, 1)
+        check_range("batch.grad_accum", self.grad_accum, 1)
+        check_range("batch.micro_batch", self.micro_batch, 0)
 
 
 @dataclass(kw_only=True)
@@ -131,10 +153,11 @@ class TrainConfig:
     max_skipped_steps: int = 100      # abort when this many steps had a non-finite loss or gradient
 
     def __post_init__(self):
-        _check(self.precision in PRECISIONS, "train.precision", f"got {self.precision!r}, allowed {PRECISIONS}")
-        _check(self.parallel in PARALLELS, "train.parallel", f"got {self.parallel!r}, allowed {PARALLELS}")
-        _check(self.clip_norm >= 0, "train.clip_norm", "must be >= 0")
-        _check(self.stop_at_step >= 0, "train.stop_at_step", "must be >= 0")
+        check_choice("train.precision", self.precision, PRECISIONS)
+        check_choice("train.parallel", self.parallel, PARALLELS)
+        check_range("train.clip_norm", self.clip_norm, 0)
+        check_range("train.stop_at_step", self.stop_at_step, 0)
+        check_range("train.max_skipped_steps", self.max_skipped_steps, 0)
 
 
 @dataclass(kw_only=True)
@@ -144,8 +167,9 @@ class CheckpointConfig:
     resume: str = "auto"              # "auto" (latest in run_dir if any) | "none" | path to a step dir
 
     def __post_init__(self):
-        _check(self.every_steps >= 1, "checkpoint.every_steps", f"must be >= 1, got {self.every_steps}")
-        _check(self.keep_last >= 1, "checkpoint.keep_last", f"must be >= 1, got {self.keep_last}")
+        check_range("checkpoint.every_steps", self.every_steps, 1)
+        check_range("checkpoint.keep_last", self.keep_last, 1)
+        check(bool(self.resume), "checkpoint.resume", "must be \"auto\", \"none\" or a checkpoint path, got \"\"")
 
 
 @dataclass(kw_only=True)
@@ -155,7 +179,7 @@ class LoggingConfig:
     progress: bool = True             # rank-0 progress bar with ETA on stderr
 
     def __post_init__(self):
-        _check(self.every_steps >= 1, "logging.every_steps", "must be >= 1")
+        check_range("logging.every_steps", self.every_steps, 1)
 
 
 @dataclass(kw_only=True)
@@ -163,12 +187,14 @@ class EvalConfig:
     shards: str = ""                  # eval shard set; "" disables periodic evaluation
     every_steps: int = 1000
     num_batches: int = 4              # slice of the eval shards used each time
-    num_captions: int = 4             # generated captions written to the log
+    num_captions: int = 4             # generated captions written to the log (0: none)
     max_new_tokens: int = 20
 
     def __post_init__(self):
-        _check(self.every_steps >= 1, "eval.every_steps", "must be >= 1")
-        _check(self.num_batches >= 1, "eval.num_batches", "must be >= 1")
+        check_range("eval.every_steps", self.every_steps, 1)
+        check_range("eval.num_batches", self.num_batches, 1)
+        check_range("eval.num_captions", self.num_captions, 0)
+        check_range("eval.max_new_tokens", self.max_new_tokens, 1)
 
 
 @dataclass(kw_only=True)
@@ -196,71 +222,97 @@ class RunConfig:
     init: InitConfig = field(default_factory=InitConfig)
 
     def __post_init__(self):
-        _check(self.stage in STAGES, "stage", f"got {self.stage!r}, allowed {STAGES}")
-        _check(bool(self.run_dir), "run_dir", "must not be empty")
+        check_choice("stage", self.stage, STAGES)
+        check(bool(self.run_dir), "run_dir", "must not be empty")
         if self.stage == "fusion":
-            _check(bool(self.init.tokenizer or self.init.llm_checkpoint), "init.tokenizer",
-                   "the fusion stage needs a tokenizer path (or init.llm_checkpoint, whose tokenizer.model is used)")
+            check(bool(self.init.tokenizer or self.init.llm_checkpoint), "init.tokenizer",
+                  "the fusion stage needs a tokenizer path (or init.llm_checkpoint, whose tokenizer.model is used)")
+        if not self.init.llm_checkpoint:
+            # with a LLaMA checkpoint the text tower's shape comes from it, so the preset alone says little
+            try:
+                self.model.build()
+            except ValueError as e:
+                fail("model.overrides", f"preset {self.model.preset!r} with these overrides is not a valid model: {e}")
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        return _build(cls, d, "")
+        return build(cls, d)
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-        return cls.from_dict(load_toml(str(path) if path else None, overrides or ()))
+        return load(cls, str(path) if path else None, overrides or ())
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    # -- the checkpoint's record -----------------------------------------------------------
+    def to_record(self, *, model: dict, tokenizer: str, **facts: Any) -> dict:
+        """What a checkpoint's config.json holds: this configuration, with ``model`` the resolved
+        ModelConfig (what the weights need), ``model_spec`` the configured preset and overrides, the
+        tokenizer path and run facts (world size, micro-batch, device)."""
+        d = self.to_dict()
+        return {**d, "model": model, "model_spec": d["model"], "tokenizer": tokenizer, **facts}
 
-def _build(cls, d: dict, prefix: str):
-    if not isinstance(d, dict):
-        raise ValueError(f"config key '{prefix.rstrip('.')}': expected a table, got {type(d).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown config key(s) {[prefix + u for u in unknown]}; "
-                         f"allowed in '{prefix.rstrip('.') or 'top level'}': {sorted(fields)}")
-    kwargs = {}
-    for name, value in d.items():
-        f = fields[name]
-        sub = _section_type(f)
-        if sub is not None:
-            kwargs[name] = _build(sub, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, f, prefix + name)
-    return cls(**kwargs)
+    @classmethod
+    def from_record(cls, record: dict, *, where: str = "config.json") -> RunConfig:
+        """The configuration a checkpoint's config.json records, through the same builder and checks."""
+        if "model_spec" not in record:
+            raise ValueError(f"{where}: no 'model_spec' key: not a run record written by train launch")
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in record.items() if k in names}
+        d["model"] = record["model_spec"]
+        try:
+            return cls.from_dict(d)
+        except ConfigError as e:
+            raise ValueError(f"{where}: {e}") from None
+
+    # -- what the run reads must exist -----------------------------------------------------
+    def check_paths(self) -> None:
+        """Refuse, in one line naming the key and the path, a shard set or init path that is not there.
+
+        Not part of ``__post_init__``: a configuration read back from a checkpoint elsewhere need not
+        find its corpus. Local init paths are stat'ed; a shard spec is resolved (a directory is listed, a
+        brace pattern's or a list's tars are each checked), which for a URL is one request per named tar.
+        """
+        check_shards("data.shards", self.data.shards)
+        if self.eval.shards:
+            check_shards("eval.shards", self.eval.shards)
+        for key in ("tokenizer", "mae_encoder", "llm_checkpoint"):
+            path = getattr(self.init, key)
+            check(not path or Path(path).exists(), f"init.{key}", f"{path!r} does not exist")
+        check(not self.init.tokenizer or Path(self.init.tokenizer).is_file(), "init.tokenizer",
+              f"{self.init.tokenizer!r} is not a file")
+        if self.stage == "fusion" and self.init.llm_checkpoint and not self.init.tokenizer:
+            shipped = Path(self.init.llm_checkpoint) / "tokenizer.model"
+            check(shipped.is_file(), "init.tokenizer",
+                  f"empty, and init.llm_checkpoint={self.init.llm_checkpoint!r} has no tokenizer.model: "
+                  "name the checkpoint's SentencePiece model")
+        resume = self.checkpoint.resume
+        check(resume in ("auto", "none") or Path(resume).exists(), "checkpoint.resume",
+              f"{resume!r} does not exist (allowed: \"auto\", \"none\" or a checkpoint path)")
 
 
-_SECTIONS = {}
+def check_shards(key: str, spec: str) -> None:
+    """``spec`` names at least one shard and every tar it names by path exists, else a ConfigError."""
+    from shards import fsutil, resolve
+
+    check(bool(spec), key, "required: a corpus directory, manifest.json, brace pattern or glob")
+    try:
+        refs = resolve(spec)
+    except FileNotFoundError:
+        fail(key, f"no shards at {spec!r}{_siblings_hint(spec)}")
+    check(bool(refs), key, f"{spec!r} names no shard (.tar)")
+    if "{" in spec or spec.endswith(".tar"):
+        missing = [r.path for r in refs if not fsutil.exists(r.path)]
+        check(not missing, key, f"{len(missing)} of the {len(refs)} tars named by {spec!r} do not exist, "
+                                f"e.g. {missing[:3]}")
 
 
-def _section_type(f):
-    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-    return _SECTIONS.get(t)
-
-
-def _coerce(value, f, key):
-    t = f.type if isinstance(f.type, str) else str(f.type)
-    if t == "float" and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if t == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
-        raise ValueError(f"config key '{key}': expected an integer, got {value!r}")
-    if t == "float" and not isinstance(value, float):
-        raise ValueError(f"config key '{key}': expected a number, got {value!r}")
-    if t == "bool" and not isinstance(value, bool):
-        raise ValueError(f"config key '{key}': expected true/false, got {value!r}")
-    if t == "str" and not isinstance(value, str):
-        raise ValueError(f"config key '{key}': expected a string, got {value!r}")
-    if t.startswith("list[float]"):
-        if not isinstance(value, list):
-            raise ValueError(f"config key '{key}': expected a list of numbers, got {value!r}")
-        return [float(v) for v in value]
-    return value
-
-
-for _c in (ModelSection, DataConfig, AugmentConfig, OptimConfig, ScheduleConfig, BatchConfig, TrainConfig,
-           CheckpointConfig, LoggingConfig, EvalConfig, InitConfig):
-    _SECTIONS[_c.__name__] = _c
+def _siblings_hint(spec: str) -> str:
+    """What the parent directory holds, for a local path that does not exist (a typo is easier seen)."""
+    parent = Path(spec).parent
+    if "://" in spec or not parent.is_dir():
+        return ""
+    names = sorted(p.name for p in parent.iterdir() if not p.name.startswith("."))[:10]
+    return f" ({parent} holds: {', '.join(names)})" if names else ""

@@ -1,10 +1,16 @@
 """Streaming the corpus shards into micro-batches, with a resumable position.
 
-Data flow: shard list -> per-reader shard subset -> WebDataset tar streaming -> expansion into
-training samples (one per caption, one per QA pair; one per image for MAE) -> shuffle buffer ->
+Data flow: shard list -> per-reader shard subset -> samples read through `shards.iter_shard` (the one
+tar/KEY.json reader, with the manifest's size and sha256 checks and its named drop reasons) -> expansion
+into training samples (one per caption, one per QA pair; one per image for MAE) -> shuffle buffer ->
 decode + crop + tokenise -> micro-batch (in the reader) -> DataLoader -> device-side jitter.
 
-Why the position is exact. WebDataset's own pipeline state (open tar streams, shuffle buffers)
+A stream is configured by the run's own config sections (`DataConfig`, `AugmentConfig`) plus what the
+run derives (shard list, tokenizer path, image size from the model, micro-batch from the plan, rank).
+Memory per reader: the shuffle buffer (data.shuffle_buffer encoded images) and one micro-batch of
+decoded crops; nothing grows with the corpus.
+
+Why the position is exact. A streaming pipeline's state (open tar streams, shuffle buffers)
 cannot be checkpointed, so we never need it: everything a reader yields is a pure function of
 (seed, epoch, reader id). A "reader" is one DataLoader worker of one rank (global id
 rank * readers_per_rank + worker). Per epoch the shard list is permuted with a seed of
@@ -22,8 +28,8 @@ always has a next batch and no rank waits on a collective while another ran dry.
 from __future__ import annotations
 
 import collections
+import copy
 import hashlib
-import json
 import logging
 import random
 from collections import Counter
@@ -33,11 +39,11 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from shards import ReadCounters, Sample, ShardRef, iter_shard
 from training import augment
+from training.config import AugmentConfig, DataConfig
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 def mix_seed(*parts: int | str) -> int:
@@ -52,7 +58,7 @@ def image_id(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
 
 
-def reader_shards(shards: list[str], *, seed: int, epoch: int, reader: int, num_readers: int) -> list[str]:
+def reader_shards(shards: list, *, seed: int, epoch: int, reader: int, num_readers: int) -> list:
     order = list(range(len(shards)))
     random.Random(mix_seed("shards", seed, epoch)).shuffle(order)
     return [shards[i] for i in order[reader::num_readers]]
@@ -86,41 +92,41 @@ class Item:
     answer: str = ""
 
 
-def expand(raw: dict, *, stage: str, include_captions: bool, include_qa: bool,
+def expand(sample: Sample, *, stage: str, include_captions: bool, include_qa: bool,
            counters: Counter) -> list[Item]:
-    """A WebDataset sample dict (member suffix -> bytes) -> training items; bad ones counted."""
-    image_ext = next((e for e in IMAGE_EXTS if e in raw), None)
-    key = raw.get("__key__", "?")
-    if image_ext is None:
-        counters["missing_image"] += 1
-        return []
-    image = raw[image_ext]
+    """A shard sample (as `shards` reads it) -> training items; rows that make none are counted."""
     if stage == "mae":
-        return [Item(key, image, "image")]
-    try:
-        meta = json.loads(raw["json"].decode("utf-8")) if "json" in raw else {}
-        if not isinstance(meta, dict):
-            raise ValueError("KEY.json is not an object")
-    except (UnicodeDecodeError, ValueError):
-        counters["bad_json"] += 1
-        return []
-    captions = meta.get("captions")
-    if not isinstance(captions, list):   # img2dataset shards: one caption in .txt / "caption"
-        txt = raw.get("txt", b"").decode("utf-8", "replace") or meta.get("caption") or ""
-        captions = [txt] if txt else []
+        return [Item(sample.key, sample.image, "image")]
     items = []
     if include_captions:
-        items += [Item(key, image, "caption", str(c)) for c in captions if str(c).strip()]
+        items += [Item(sample.key, sample.image, "caption", c) for c in sample.captions if c.strip()]
     if include_qa:
-        for qa in meta.get("qa") or []:
+        for qa in sample.qa:
+            if not isinstance(qa, dict):
+                counters["bad_qa"] += 1
+                continue
             answer = most_common_answer(qa.get("answers") or ([qa["answer"]] if qa.get("answer") else []))
             if qa.get("question") and answer:
-                items.append(Item(key, image, "vqa", str(qa["question"]), answer))
+                items.append(Item(sample.key, sample.image, "vqa", str(qa["question"]), answer))
             else:
                 counters["qa_without_answer"] += 1
     if not items:
         counters["no_text"] += 1
     return items
+
+
+class _LoggedCounters(ReadCounters):
+    """The shard reader's counters writing into the stream's drop counts, with a warning for the first few
+    drops of each reason (and every 10x after), so a bad corpus is seen without flooding the log."""
+
+    def __init__(self, counts: Counter):
+        super().__init__(skipped=counts)
+
+    def skip(self, reason: str, where: str, detail: str = "", n: int = 1) -> None:
+        super().skip(reason, where, detail, n)
+        total = self.skipped[reason]
+        if total <= 3 or str(total).rstrip("0") == "1":   # 1, 2, 3, 10, 100, ...
+            log.warning("skipped (%s) in %s%s; %d so far", reason, where, f": {detail}" if detail else "", total)
 
 
 def shuffled(items: Iterator[Item], buffer_size: int, rng: random.Random) -> Iterator[Item]:
@@ -136,42 +142,27 @@ def shuffled(items: Iterator[Item], buffer_size: int, rng: random.Random) -> Ite
     yield from buf
 
 
-@dataclass(kw_only=True)
-class StreamSpec:
-    """Everything a reader needs; plain values so it crosses into worker processes cheaply."""
-    shards: list[str]
-    stage: str
-    seed: int
-    rank: int
-    world_size: int
-    readers_per_rank: int          # max(1, num_workers)
-    micro_batch: int
-    image_size: int
-    max_tokens: int
-    shuffle_buffer: int
-    include_captions: bool = True
-    include_qa: bool = True
-    tokenizer: str = ""
-    train: bool = True             # False: no shuffle, centre crop, no flip/jitter, one pass
-    crop_scale: tuple = (0.35, 1.0)
-    crop_ratio: tuple = (3 / 4, 4 / 3)
-    hflip: float = 0.5
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    fast_decode: bool = True
-
-
 class ShardStream(IterableDataset):
     """Yields micro-batches; each carries `_reader`, `_epoch`, `_offset` (position after it) and
-    `_skipped` (this reader's cumulative drop counts by reason)."""
+    `_skipped` (this reader's cumulative drop counts by reason).
 
-    def __init__(self, spec: StreamSpec, *, positions: list[tuple[int, int]] | None = None,
-                 first_reader: int = 0, skipped: list[dict] | None = None):
+    `train=False` is the evaluation stream: one pass in shard order, one reader, centre crops, no
+    shuffle, flip or jitter. Everything here is plain data, so it crosses into loader workers cheaply.
+    """
+
+    def __init__(self, shards: list[ShardRef | str], *, data: DataConfig, augment: AugmentConfig, stage: str,
+                 seed: int, tokenizer: str, image_size: int, micro_batch: int, rank: int = 0, world_size: int = 1,
+                 train: bool = True, positions: list[tuple[int, int]] | None = None, first_reader: int = 0,
+                 skipped: list[dict] | None = None):
         super().__init__()
-        self.spec = spec
-        self.positions = positions or [(0, 0)] * spec.readers_per_rank
-        self.skipped = skipped or [{} for _ in range(spec.readers_per_rank)]
+        self.shards = [ShardRef(s) if isinstance(s, str) else s for s in shards]
+        self.data, self.augment = data, augment
+        self.stage, self.seed, self.tokenizer = stage, seed, tokenizer
+        self.image_size, self.micro_batch = image_size, micro_batch
+        self.rank, self.world_size, self.train = rank, world_size, train
+        self.readers_per_rank = max(1, data.num_workers) if train else 1
+        self.positions = positions or [(0, 0)] * self.readers_per_rank
+        self.skipped = skipped or [{} for _ in range(self.readers_per_rank)]
         self.first_reader = first_reader
         self._tok = None
 
@@ -179,44 +170,33 @@ class ShardStream(IterableDataset):
     def _tokenizer(self):
         if self._tok is None:
             from training.tokenizer import Tokenizer
-            self._tok = Tokenizer.load(self.spec.tokenizer)
+            self._tok = Tokenizer.load(self.tokenizer)
         return self._tok
 
-    def _raw_samples(self, paths: list[str], counters: Counter) -> Iterator[dict]:
-        import webdataset.tariterators as wt
-
-        for path in paths:
-            errors: list[Exception] = []
-
-            def handler(exn: Exception, errors: list = errors) -> bool:
-                errors.append(exn)
-                return True   # keep what was readable, go on with the next member / shard
-
-            # one shard at a time, so a corrupt one cannot take the rest of the list with it
-            yield from wt.tarfile_samples([{"url": path}], handler=handler)
-            if errors:   # webdataset may report one truncation at two levels: count the shard once
-                counters["corrupt_shard"] += 1
-                log.warning("skipped the unreadable part of %s (%d corrupt shard(s) so far): %s",
-                            path, counters["corrupt_shard"], errors[0])
+    def _samples(self, refs: list[ShardRef], counters: Counter) -> Iterator[Sample]:
+        """Every readable sample of ``refs`` in order; the reader's drops go into ``counters``."""
+        read = _LoggedCounters(counters)
+        for ref in refs:
+            yield from iter_shard(ref, read)
 
     def _items(self, epoch: int, reader: int, counters: Counter) -> Iterator[Item]:
-        s = self.spec
-        num_readers = s.world_size * s.readers_per_rank
-        paths = reader_shards(s.shards, seed=s.seed, epoch=epoch, reader=reader, num_readers=num_readers) \
-            if s.train else s.shards[reader::num_readers]
-        items = (it for raw in self._raw_samples(paths, counters)
-                 for it in expand(raw, stage=s.stage, include_captions=s.include_captions,
-                                  include_qa=s.include_qa, counters=counters))
-        if s.train and s.shuffle_buffer > 1:
-            items = shuffled(items, s.shuffle_buffer, random.Random(mix_seed("shuffle", s.seed, epoch, reader)))
+        num_readers = self.world_size * self.readers_per_rank
+        refs = reader_shards(self.shards, seed=self.seed, epoch=epoch, reader=reader, num_readers=num_readers) \
+            if self.train else self.shards[reader::num_readers]
+        d = self.data
+        items = (it for sample in self._samples(refs, counters)
+                 for it in expand(sample, stage=self.stage, include_captions=d.include_captions,
+                                  include_qa=d.include_qa, counters=counters))
+        if self.train and d.shuffle_buffer > 1:
+            items = shuffled(items, d.shuffle_buffer, random.Random(mix_seed("shuffle", self.seed, epoch, reader)))
         return items
 
     def _decode(self, item: Item, rng: random.Random | None) -> dict:
-        s = self.spec
-        image = augment.decode_and_crop(item.image, s.image_size, rng=rng, scale=s.crop_scale,
-                                        ratio=s.crop_ratio, fast_decode=s.fast_decode)
-        flip = rng is not None and rng.random() < s.hflip
-        jitter = augment.sample_jitter(rng, s.brightness, s.contrast, s.saturation) if rng else [1.0, 1.0, 1.0]
+        a = self.augment
+        image = augment.decode_and_crop(item.image, self.image_size, rng=rng, scale=tuple(a.crop_scale),
+                                        ratio=tuple(a.crop_ratio), fast_decode=a.fast_decode)
+        flip = rng is not None and rng.random() < a.hflip
+        jitter = augment.sample_jitter(rng, a.brightness, a.contrast, a.saturation) if rng else [1.0, 1.0, 1.0]
         out = {"image": image, "flip": flip, "jitter": jitter, "key": item.key}
         if item.kind == "image":
             return out
@@ -225,11 +205,11 @@ class ShardStream(IterableDataset):
             text, answer = augment.swap_left_right(text), augment.swap_left_right(answer)
         tok = self._tokenizer()
         if item.kind == "caption":
-            ids, loss_mask = tok.encode_caption(text, max_len=s.max_tokens)
+            ids, loss_mask = tok.encode_caption(text, max_len=self.data.max_tokens)
         else:
-            ids, loss_mask = tok.encode_vqa(text, answer, max_len=s.max_tokens)
+            ids, loss_mask = tok.encode_vqa(text, answer, max_len=self.data.max_tokens)
         n = len(ids)
-        pad = s.max_tokens - n
+        pad = self.data.max_tokens - n
         out.update(
             input_ids=torch.tensor(list(ids) + [tok.pad_id] * pad, dtype=torch.long),
             attention_mask=torch.tensor([True] * n + [False] * pad),
@@ -242,7 +222,7 @@ class ShardStream(IterableDataset):
 
     def reader_stream(self, reader_local: int) -> Iterator[tuple[dict, int, int, Counter]]:
         """(decoded sample, epoch, offset after it, counters) forever (one pass when not training)."""
-        s = self.spec
+        s = self
         g = s.rank * s.readers_per_rank + reader_local
         epoch, skip = self.positions[reader_local]
         counters: Counter = collections.Counter()
@@ -274,7 +254,7 @@ class ShardStream(IterableDataset):
             epoch, skip = epoch + 1, 0
 
     def __iter__(self):
-        s = self.spec
+        s = self
         info = get_worker_info()
         wid = info.id if info is not None else 0
         reader_local = (wid + self.first_reader) % s.readers_per_rank
@@ -310,19 +290,21 @@ class ShardStream(IterableDataset):
 class Loader:
     """Rank-local iterator of micro-batches with a checkpointable position."""
 
-    def __init__(self, spec: StreamSpec, *, num_workers: int, prefetch_factor: int = 2, pin_memory: bool = False,
-                 state: dict | None = None):
-        check_enough_shards(len(spec.shards), world_size=spec.world_size, readers_per_rank=spec.readers_per_rank)
-        self.spec = spec
-        self.num_workers = num_workers
-        R = spec.readers_per_rank
+    def __init__(self, stream: ShardStream, *, pin_memory: bool = False, state: dict | None = None):
+        check_enough_shards(len(stream.shards), world_size=stream.world_size,
+                            readers_per_rank=stream.readers_per_rank)
+        self.stream = stream
+        num_workers = self.num_workers = stream.data.num_workers
+        prefetch_factor = stream.data.prefetch_factor
+        R = stream.readers_per_rank
         self.positions = [(0, 0)] * R
         self.next_reader = 0
         self.skipped: list[dict] = [{} for _ in range(R)]
         if state is not None:
             self.load_state_dict(state)
-        ds = ShardStream(spec, positions=list(self.positions), first_reader=self.next_reader,
-                         skipped=[dict(d) for d in self.skipped])
+        ds = copy.copy(stream)   # this loader's position; the caller's stream stays as it was
+        ds.positions, ds.first_reader = list(self.positions), self.next_reader
+        ds.skipped = [dict(d) for d in self.skipped]
         kw = dict(prefetch_factor=prefetch_factor, persistent_workers=False) if num_workers else {}
         self._dl = DataLoader(ds, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kw)
         self._it = None
@@ -338,7 +320,7 @@ class Loader:
         assert r == self.next_reader, f"loader order broken: got reader {r}, expected {self.next_reader}"
         self.positions[r] = (batch.pop("_epoch"), batch.pop("_offset"))
         self.skipped[r] = batch.pop("_skipped")
-        self.next_reader = (r + 1) % self.spec.readers_per_rank
+        self.next_reader = (r + 1) % self.stream.readers_per_rank
         return batch
 
     def skipped_total(self) -> dict:
@@ -353,10 +335,10 @@ class Loader:
 
     def load_state_dict(self, state: dict) -> None:
         positions = [tuple(int(v) for v in p) for p in state["positions"]]
-        if len(positions) != self.spec.readers_per_rank:
+        if len(positions) != self.stream.readers_per_rank:
             raise ValueError(
                 f"checkpoint has data positions for {len(positions)} loader worker(s) per rank, this run has "
-                f"{self.spec.readers_per_rank} (data.num_workers); resume with the same data.num_workers")
+                f"{self.stream.readers_per_rank} (data.num_workers); resume with the same data.num_workers")
         self.positions = positions
         self.next_reader = int(state["next_reader"])
         self.skipped = [dict(d) for d in state.get("skipped", [{}] * len(positions))]

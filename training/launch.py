@@ -43,11 +43,12 @@ def torchrun_command(*, config: str, overrides: list[str], nnodes: int, nproc_pe
 
 
 def preflight(cfg: RunConfig, *, nnodes: int, nproc_per_node: int) -> None:
-    """Everything that can be refused before any process starts: batch arithmetic, shard count."""
+    """Everything that can be refused before any process starts, each in one line naming the key: paths
+    that are not there (data.shards, eval.shards, init.*), batch arithmetic, too few shards."""
+    cfg.check_paths()
     make_plan(cfg, nnodes=nnodes, nproc_per_node=nproc_per_node)
-    from shards import resolve_shards
-    shards = resolve_shards(cfg.data.shards)
-    check_enough_shards(len(shards), world_size=nnodes * nproc_per_node,
+    from shards import resolve
+    check_enough_shards(len(resolve(cfg.data.shards)), world_size=nnodes * nproc_per_node,
                         readers_per_rank=max(1, cfg.data.num_workers))
 
 

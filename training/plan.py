@@ -5,9 +5,7 @@ rounded batch changes the recipe (learning rate and schedule are tuned for the g
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from training.config import RunConfig
 
@@ -24,6 +22,7 @@ class BatchPlan:
     corpus_samples: int | None    # training samples in one pass (captions + QA pairs), if known
     steps_per_pass: float | None
     total_steps: int
+    corpus_unknown: str | None = None   # why the corpus size is unknown, when it is
 
     def lines(self) -> list[str]:
         out = [
@@ -40,7 +39,8 @@ class BatchPlan:
             out.append(f"passes in the run            {self.total_steps / self.steps_per_pass:.2f}"
                        f" ({self.total_steps} steps)")
         else:
-            out.append(f"steps in the run             {self.total_steps} (corpus size unknown: shards missing or without _stats.json)")
+            out.append(f"steps in the run             {self.total_steps}")
+            out.append(f"corpus size unknown          {self.corpus_unknown}")
         return out
 
 
@@ -65,48 +65,48 @@ def make_plan(cfg: RunConfig, *, nnodes: int = 1, nproc_per_node: int = 1) -> Ba
         raise ValueError(f"--nnodes and --nproc-per-node must be >= 1, got {nnodes} and {nproc_per_node}")
     world = nnodes * nproc_per_node
     micro = micro_batch_for(cfg, world)
-    corpus = corpus_sample_count(cfg)
+    corpus, unknown = corpus_sample_count(cfg)
     return BatchPlan(
         nnodes=nnodes, nproc_per_node=nproc_per_node, world_size=world, micro_batch=micro,
         grad_accum=cfg.batch.grad_accum, global_batch=cfg.batch.global_batch,
         tokens_per_step=cfg.batch.global_batch * cfg.data.max_tokens,
         corpus_samples=corpus, steps_per_pass=(corpus / cfg.batch.global_batch) if corpus else None,
-        total_steps=cfg.schedule.total_steps)
+        total_steps=cfg.schedule.total_steps, corpus_unknown=unknown)
 
 
-def corpus_sample_count(cfg: RunConfig) -> int | None:
-    """Samples in one pass, counted the way the loader expands them (one per caption / QA pair).
+def corpus_sample_count(cfg: RunConfig) -> tuple[int | None, str | None]:
+    """(samples in one pass, None) counted the way the loader expands them (one per caption / QA pair,
+    one per image for MAE), or (None, why not).
 
-    Reads only the per-shard stats files written next to each tar; None when they are missing.
+    Reads each shard's counts through `shards.read_shard_stats`: from the manifest when data.shards names
+    a corpus with one (no per-shard I/O), else one small `_stats.json` per shard (150k requests for 150M
+    rows in shards of 1,000 on object storage: name the corpus directory, not a pattern, there). A plan
+    is arithmetic and may be made where the corpus is not: a missing corpus or stats make the size
+    unknown, with the reason printed; they are errors at `train launch`.
     """
+    from shards import ReadCounters, read_shard_stats, resolve
+
     if not cfg.data.shards:
-        return None
+        return None, "data.shards is empty"
     try:
-        from shards import resolve_shards
-        paths = resolve_shards(cfg.data.shards)
-    except Exception:
-        return None
+        refs = resolve(cfg.data.shards, ReadCounters())
+    except FileNotFoundError:
+        return None, f"no shards at data.shards={cfg.data.shards!r} here"
+    if not refs:
+        return None, f"data.shards={cfg.data.shards!r} names no shard"
     total = 0
-    for p in paths:
-        stats = Path(str(p)[: -len(".tar")] + "_stats.json") if str(p).endswith(".tar") else None
-        if stats is None or not stats.exists():
-            return None
+    for ref in refs:
         try:
-            s = json.loads(stats.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        n = 0
+            info = read_shard_stats(ref)
+        except (FileNotFoundError, ValueError) as e:
+            return None, str(e)
         if cfg.stage == "mae":
-            n = s.get("num_samples", 0)
+            total += info.num_samples
         else:
-            if cfg.data.include_captions:
-                n += s.get("num_pairs", 0)
-            if cfg.data.include_qa:
-                n += s.get("num_qa", 0)
-        if not n:
-            return None
-        total += int(n)
-    return total
+            total += info.num_pairs * cfg.data.include_captions + info.num_qa * cfg.data.include_qa
+    if not total:
+        return None, f"the {len(refs)} shard(s) of data.shards hold no {cfg.stage}-stage sample"
+    return total, None
 
 
 def plan_dict(plan: BatchPlan) -> dict:

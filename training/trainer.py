@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from training import checkpoint as ckpt_lib
 from training.augment import jitter_flip_normalise
 from training.config import RunConfig
-from training.data import Loader, ShardStream, StreamSpec, check_enough_shards, mix_seed
+from training.data import Loader, ShardStream, check_enough_shards, mix_seed
 from training.loop import train_step
 from training.metrics import MetricsLogger, device_peak_flops, peak_memory_mb
 from training.optim import build_optimizer, lr_at
@@ -145,17 +145,12 @@ def amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cfg.train.cpu_bf16 else None
 
 
-def stream_spec(cfg: RunConfig, *, shards: list[str], rank: int, world: int, micro_batch: int, image_size: int,
-                train: bool = True) -> StreamSpec:
-    a, d = cfg.augment, cfg.data
-    return StreamSpec(
-        shards=shards, stage=cfg.stage, seed=cfg.seed, rank=rank, world_size=world,
-        readers_per_rank=max(1, d.num_workers) if train else 1, micro_batch=micro_batch,
-        image_size=image_size, max_tokens=d.max_tokens, shuffle_buffer=d.shuffle_buffer,
-        include_captions=d.include_captions, include_qa=d.include_qa,
-        tokenizer=tokenizer_path(cfg), train=train,
-        crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio), hflip=a.hflip,
-        brightness=a.brightness, contrast=a.contrast, saturation=a.saturation, fast_decode=a.fast_decode)
+def make_stream(cfg: RunConfig, *, shards: list, rank: int, world: int, micro_batch: int, image_size: int,
+                train: bool = True) -> ShardStream:
+    """The run's data stream: its data and augment sections as they are, plus what the run derived."""
+    return ShardStream(shards, data=cfg.data, augment=cfg.augment, stage=cfg.stage, seed=cfg.seed,
+                       tokenizer=tokenizer_path(cfg), image_size=image_size, micro_batch=micro_batch,
+                       rank=rank, world_size=world, train=train)
 
 
 def to_device(batch: dict, device: torch.device, cfg: RunConfig) -> dict:
@@ -178,18 +173,18 @@ def to_device(batch: dict, device: torch.device, cfg: RunConfig) -> dict:
 
 # -- evaluation ---------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(model, cfg: RunConfig, *, shards: list[str], tokenizer, image_size: int, device, micro_batch: int,
+def evaluate(model, cfg: RunConfig, *, shards: list, tokenizer, image_size: int, device, micro_batch: int,
              amp: torch.dtype | None) -> dict:
     """Loss on the first eval.num_batches batches of the eval shards (same slice every time) and a few
     generated captions. Every rank runs it on the same data (FSDP needs all ranks in each forward)."""
-    spec = stream_spec(cfg, shards=shards, rank=0, world=1, micro_batch=micro_batch, image_size=image_size,
-                       train=False)
+    stream = make_stream(cfg, shards=shards, rank=0, world=1, micro_batch=micro_batch, image_size=image_size,
+                         train=False)
     inner = ckpt_lib.unwrap(model)
     inner.eval()
     losses: dict[str, list[float]] = {}
     captions = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):   # leave training RNG as it was
-        for i, batch in enumerate(ShardStream(spec)):
+        for i, batch in enumerate(stream):
             if i >= cfg.eval.num_batches:
                 break
             mb = to_device(batch, device, cfg)
@@ -213,22 +208,22 @@ def evaluate(model, cfg: RunConfig, *, shards: list[str], tokenizer, image_size:
 
 # -- the run ------------------------------------------------------------------------------------------
 def run(cfg: RunConfig) -> dict:
-    from shards import resolve_shards
+    from shards import resolve
 
     rank, world, device = init_distributed()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
     try:
-        return _run(cfg, rank, world, device, resolve_shards)
+        return _run(cfg, rank, world, device, resolve)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _run(cfg: RunConfig, rank: int, world: int, device: torch.device, resolve_shards) -> dict:
+def _run(cfg: RunConfig, rank: int, world: int, device: torch.device, resolve) -> dict:
     micro = micro_batch_for(cfg, world)
     accum = cfg.batch.grad_accum
-    shards = resolve_shards(cfg.data.shards)
+    shards = resolve(cfg.data.shards)   # ShardRefs: the manifest's sizes and digests travel with them
     check_enough_shards(len(shards), world_size=world, readers_per_rank=max(1, cfg.data.num_workers))
     run_dir = Path(cfg.run_dir)
 
@@ -252,11 +247,10 @@ def _run(cfg: RunConfig, rank: int, world: int, device: torch.device, resolve_sh
         step, skipped_steps, data_state = train_state["step"], train_state["skipped_steps"], rank_state["data"]
         log.info("resumed from %s at step %d", resume_from, step)
 
-    loader = Loader(stream_spec(cfg, shards=shards, rank=rank, world=world, micro_batch=micro,
+    loader = Loader(make_stream(cfg, shards=shards, rank=rank, world=world, micro_batch=micro,
                                 image_size=mcfg.image_size),
-                    num_workers=cfg.data.num_workers, prefetch_factor=cfg.data.prefetch_factor,
                     pin_memory=device.type == "cuda", state=data_state)
-    eval_shards = resolve_shards(cfg.eval.shards) if cfg.eval.shards else []
+    eval_shards = resolve(cfg.eval.shards) if cfg.eval.shards else []
 
     total = cfg.schedule.total_steps
     end = min(cfg.train.stop_at_step or total, total)
@@ -265,9 +259,8 @@ def _run(cfg: RunConfig, rank: int, world: int, device: torch.device, resolve_sh
                             print_every=cfg.logging.every_steps)
     flops = _flops_per_sample(mcfg, cfg)
     device_name, peak = device_peak_flops(device)
-    config_record = {**cfg.to_dict(), "model": mcfg.to_dict(), "model_spec": cfg.to_dict()["model"],
-                     "tokenizer": tokenizer_path(cfg),
-                     "world_size": world, "micro_batch": micro, "device": device_name}
+    config_record = cfg.to_record(model=mcfg.to_dict(), tokenizer=tokenizer_path(cfg),
+                                  world_size=world, micro_batch=micro, device=device_name)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config_record, indent=1, sort_keys=True))

@@ -83,11 +83,11 @@ def run_reference(paths: list[str], batch: int, size: int = 224) -> tuple[int, f
 def run_ours(paths: list[str], batch: int, *, fast_decode: bool, size: int = 224,
              jitter_on_cpu: bool = True) -> tuple[int, float]:
     from training.augment import jitter_flip_normalise
-    from training.data import ShardStream, StreamSpec
-    spec = StreamSpec(shards=paths, stage="mae", seed=0, rank=0, world_size=1, readers_per_rank=1,
-                      micro_batch=batch, image_size=size, max_tokens=77, shuffle_buffer=1, train=True,
-                      fast_decode=fast_decode)
-    stream = ShardStream(spec, positions=[(0, 0)])
+    from training.config import AugmentConfig, DataConfig
+    from training.data import ShardStream
+    stream = ShardStream(paths, data=DataConfig(num_workers=0, shuffle_buffer=1),
+                         augment=AugmentConfig(fast_decode=fast_decode), stage="mae", seed=0, tokenizer="",
+                         image_size=size, micro_batch=batch, positions=[(0, 0)])
     total = sum(1 for _ in _one_epoch_len(paths))
     n, t0 = 0, time.perf_counter()
     for b in stream:

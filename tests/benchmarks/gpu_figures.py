@@ -82,12 +82,14 @@ def largest_fitting(stage: str, steps: int, device, max_micro: int) -> dict:
 def loader_figure(cores: int, images: int = 2048) -> dict:
     import bench_loader
 
-    from training.data import Loader, StreamSpec
+    from training.config import AugmentConfig, DataConfig
+    from training.data import Loader, ShardStream
     with tempfile.TemporaryDirectory() as tmp:
         paths = bench_loader.write_shards(Path(tmp), images, (640, 480), num_shards=max(cores, 2))
-        spec = StreamSpec(shards=paths, stage="mae", seed=0, rank=0, world_size=1, readers_per_rank=cores,
-                          micro_batch=64, image_size=224, max_tokens=77, shuffle_buffer=1)
-        loader = Loader(spec, num_workers=cores, prefetch_factor=4)
+        stream = ShardStream(paths, data=DataConfig(num_workers=cores, prefetch_factor=4, shuffle_buffer=1),
+                             augment=AugmentConfig(), stage="mae", seed=0, tokenizer="", image_size=224,
+                             micro_batch=64)
+        loader = Loader(stream)
         next(loader)
         n, t0 = 0, time.perf_counter()
         while n < images:
