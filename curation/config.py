@@ -237,6 +237,9 @@ class RunConfig:
     shard: ShardConfig = field(default_factory=ShardConfig)
     report: bool = True                    # write OUT/report/ (report.html + stats.json, as `curate stats`) at the end
     progress_seconds: float = 5.0          # live progress line every this many seconds (0: off)
+    # Local paths are on a filesystem every worker mounts at the same place (NFS, Lustre): lets a remote
+    # runner take them (`curation.runners`); without it such a run is refused at start.
+    shared_filesystem: bool = False
 
     def __post_init__(self) -> None:
         if not self.output:
@@ -320,6 +323,10 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
         if not isinstance(data["report"], bool):
             _fail("report", f"must be true or false, got {data['report']!r}")
         kwargs["report"] = data.pop("report")
+    if "shared_filesystem" in data:
+        if not isinstance(data["shared_filesystem"], bool):
+            _fail("shared_filesystem", f"must be true or false, got {data['shared_filesystem']!r}")
+        kwargs["shared_filesystem"] = data.pop("shared_filesystem")
     kwargs["output"] = data.pop("output")
     return RunConfig(**kwargs)
 
