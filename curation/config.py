@@ -221,6 +221,9 @@ class RunConfig:
     shard: ShardConfig = field(default_factory=ShardConfig)
     report: bool = True                    # write OUT/report/ (report.html + stats.json, as `curate stats`) at the end
     progress_seconds: float = 5.0          # live progress line every this many seconds (0: off)
+    # Local paths are on a filesystem every worker mounts at the same place (NFS, Lustre): lets a remote
+    # runner take them (`curation.runners`); without it such a run is refused at start.
+    shared_filesystem: bool = False
 
     def __post_init__(self) -> None:
         if not self.output:

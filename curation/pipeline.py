@@ -15,15 +15,12 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import json
-import os
 import typing
 
 import apache_beam as beam
-from apache_beam.coders import BytesCoder
-from apache_beam.io import ReadFromText
 from apache_beam.utils.windowed_value import WindowedValue
 
-from curation import fetch_cache, filters
+from curation import eval_images, fetch_cache, filters
 from curation.config import RunConfig
 from curation.decontam import decontam_by_id, decontam_by_image
 from curation.dedup.captions import CaptionClusterCap, dedupe_record_captions
@@ -42,7 +39,7 @@ from curation.funnel import (
 )
 from curation.outdir import WriteLines, WritePartitionedLines
 from curation.sharding import WriteShards
-from curation.sources import jsonfiles
+from curation.sources import jsonfiles, textsplits
 from curation.sources.group import assemble_picture, assemble_vg
 from curation.sources.tsv import parse_tsv_line
 from shards import fsutil
@@ -182,9 +179,11 @@ class FetchPartition(beam.DoFn):
 
     def _bytes(self, record: dict):
         local = record.get("local")
-        if local and os.path.exists(local):
-            with open(local, "rb") as f:
-                return f.read(), None, ""
+        if local:
+            try:
+                return fsutil.read_bytes(local), None, ""
+            except FileNotFoundError:
+                pass    # not in the local copy: fetched from its URL, as when no copy is configured
         if not record.get("url"):
             return None, "missing_local_file", str(local)
         res = self.fetcher.fetch(record["url"])
@@ -249,12 +248,7 @@ class PrepareEval(beam.DoFn):
         self.preparer = ImagePreparer(self.resize, self.max_pixels)
 
     def process(self, rec: dict):
-        path = rec["local"]
-        if not os.path.exists(path):
-            yield beam.pvalue.TaggedOutput("eval_ledger", (f"eval|{rec['eval_set']}|missing_image", 1))
-            return
-        with open(path, "rb") as f:
-            prepared = self.preparer.prepare(f.read())
+        prepared = self.preparer.prepare(eval_images.read(rec["eval_set"], rec["local"]))
         if isinstance(prepared, tuple):
             yield beam.pvalue.TaggedOutput("eval_ledger", (f"eval|{rec['eval_set']}|{prepared[0]}", 1))
             return
@@ -297,7 +291,8 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig, *, cache_dir: str, progress
     frags = []
     for i, s in enumerate(cfg.sources):
         if s.kind in ("cc3m", "cc12m"):
-            parsed = (p | f"Read{i}_{s.name}" >> ReadFromText(s.path, coder=BytesCoder())
+            parsed = (p | f"Read{i}_{s.name}" >> beam.Create(textsplits.plan_splits(s.path))
+                      | f"ReadSplits{i}" >> beam.FlatMap(textsplits.read_split)
                       | f"Parse{i}" >> beam.ParDo(ParseTsv(s.kind, s.name, progress_dir)).with_outputs(DROPPED, main="f"))
         else:
             parsed = (p | f"Src{i}" >> beam.Create([{**vars(s)}])

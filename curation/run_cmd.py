@@ -30,8 +30,9 @@ import tempfile
 import threading
 import time
 
-from curation import fetch_cache, outdir
+from curation import fetch_cache, outdir, runners
 from curation.config import RunConfig, load_config
+from curation.eval_images import MissingEvalImage
 from curation.funnel import build_funnel, read_progress, summary_table
 from shards import fsutil
 
@@ -98,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         outdir.check(out)
         outdir.check_runner(out, runner_args)
+        runners.check_paths(cfg, runner_args)
     except ValueError as err:
         print(f"curate run: {err}", file=sys.stderr)
         return 2
@@ -121,8 +123,14 @@ def run(args: argparse.Namespace) -> int:
     if printer:
         printer.start()
     try:
-        with beam.Pipeline(options=options) as p:
+        with beam.Pipeline(runner=runners.make_runner(runner_args), options=options) as p:
             build_pipeline(p, cfg, cache_dir=cache_dir, progress_dir=progress_dir)
+    except Exception as err:
+        missing = MissingEvalImage.find(err)
+        if missing is None:
+            raise
+        print(f"curate run: {missing}", file=sys.stderr)
+        return 1
     finally:
         if printer:
             printer.stop.set()

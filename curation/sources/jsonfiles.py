@@ -7,10 +7,12 @@ across workers); its size bounds that worker's time, not its memory.
 
 from __future__ import annotations
 
-import os
+import posixpath
 from collections.abc import Iterator
 
 import fsspec
+
+from shards import fsutil
 
 try:
     import ijson
@@ -39,7 +41,7 @@ def read_coco(path: str, *, source: str, images_dir: str = "") -> Iterator[tuple
         iid = _int_id(img.get("id"))
         if iid is None:
             continue   # not a row: annotations pointing at it are dropped as unknown_image_id
-        local = os.path.join(images_dir, img["file_name"]) if images_dir and img.get("file_name") else None
+        local = fsutil.join(images_dir, img["file_name"]) if images_dir and img.get("file_name") else None
         yield "frag", {"key": f"coco:{iid}", "source": source, "dataset": "coco", "id": str(iid), "rows": 0,
                        "ord": [-1], "url": img.get("coco_url") or img.get("flickr_url"), "local": local,
                        "captions": [], "qa": [], "link": {"image": True}}
@@ -105,10 +107,10 @@ def read_karpathy(path: str, *, images_dir: str, splits: list[str]) -> Iterator[
         if split not in splits:
             continue
         cid = _int_id(img.get("cocoid"))
-        rel = os.path.join(img.get("filepath") or "", img.get("filename") or "")
+        rel = posixpath.join(img.get("filepath") or "", img.get("filename") or "")
         captions = [s["raw"].strip() for s in img.get("sentences") or [] if isinstance(s.get("raw"), str)]
         yield {"uid": f"coco:{cid}", "eval_set": f"coco-karpathy-{split}", "coco_id": cid,
-               "local": os.path.join(images_dir, rel), "url": None, "captions": captions, "qa": [],
+               "local": fsutil.join(images_dir, rel), "url": None, "captions": captions, "qa": [],
                "sources": [{"dataset": "coco", "id": str(cid)}], "extra": {"split": split}}
 
 
@@ -126,10 +128,10 @@ def read_vqav2(questions: str, annotations: str) -> Iterator[tuple]:
 def vqav2_image_path(images_dir: str, image_id: int) -> str:
     """The official name (COCO_val2014_000000xxxxxx.jpg); a plain 000000xxxxxx.jpg is accepted too."""
     for name in (f"COCO_val2014_{image_id:012d}.jpg", f"{image_id:012d}.jpg", f"{image_id}.jpg"):
-        p = os.path.join(images_dir, name)
-        if os.path.exists(p):
+        p = fsutil.join(images_dir, name)
+        if fsutil.exists(p):
             return p
-    return os.path.join(images_dir, f"COCO_val2014_{image_id:012d}.jpg")
+    return fsutil.join(images_dir, f"COCO_val2014_{image_id:012d}.jpg")
 
 
 def assemble_vqav2(image_id: int, items: list[tuple], *, images_dir: str) -> dict:
