@@ -184,7 +184,7 @@ class DedupConfig:
     phash256_max_distance: int = 72        # bits of the 256-bit pHash
     colour_max_distance: float = 24.0      # mean absolute difference of the 8x8 colour thumbnails (0-255)
     phash_bands: int = 8                   # LSH bands of the 64-bit pHash for decontamination against eval images
-    max_bucket: int = 4096                 # near-dup index: images compared all-against-all in one bucket
+    max_bucket: int = 512                  # near-dup index: entries compared all against all in one bucket
     cluster_rounds: int = 24               # greedy-centre rounds; the run fails if a node is undecided after them
     max_captions_per_sample: int = 32      # a merged sample keeps at most this many captions (the rest counted)
     max_qa_per_sample: int = 64            # ... QA pairs

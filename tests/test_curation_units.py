@@ -138,24 +138,26 @@ def test_phash_near_duplicates_close_and_distinct_pictures_far():
 
 
 def test_bucket_candidates_vectorised_hamming():
-    nodes = [("u1", (0x0,) * 11), ("u2", (0x7,) * 11), ("u3", (0xFFFFFFFFFFFFFFFF,) * 11)]
-    pairs, capped = bucket_candidates(0, nodes, max_distance=3, max_bucket=4096)
+    entries = [("u1", 0x0, True), ("u2", 0x7, True), ("u3", 0xFFFFFFFFFFFFFFFF, True)]
+    pairs, capped = bucket_candidates(0, entries, max_distance=3, max_bucket=4096)
     assert pairs == [("u1", "u2")] and capped == 0
 
 
 def test_bucket_candidates_equal_brute_force_across_blocks():
-    # 600 nodes span several row blocks; clustered hashes give many pairs at and around the threshold.
-    # Window hashes differ from the full one, so full/window pairs count too.
+    # 1,200 entries span several row blocks; clustered hashes give many pairs at and around the threshold.
+    # Each image files a full hash and a window hash; window/window pairs are not compared.
     rng = random.Random(7)
     centres = [rng.getrandbits(64) for _ in range(40)]
     hashes = [c ^ sum(1 << b for b in rng.sample(range(64), rng.randint(0, 12))) for c in centres for _ in range(15)]
-    nodes = [(f"u{i:04d}", (h, *(h ^ (1 << rng.randrange(64)) for _ in range(10)))) for i, h in enumerate(hashes)]
-    got, _ = bucket_candidates(0, nodes, max_distance=8, max_bucket=4096)
+    windows = [h ^ sum(1 << b for b in rng.sample(range(64), 2)) for h in hashes]
+    entries = [(f"u{i:04d}", h, True) for i, h in enumerate(hashes)] + \
+        [(f"u{i:04d}", w, False) for i, w in enumerate(windows)]
+    got, _ = bucket_candidates(0, entries, max_distance=8, max_bucket=4096)
 
-    def dist(a, b):
-        pairs = [(a[0], x) for x in b] + [(x, b[0]) for x in a]
-        return min(bin(p ^ q).count("1") for p, q in pairs)
-    want = [(a[0], b[0]) for k, a in enumerate(nodes) for b in nodes[k + 1:] if dist(a[1], b[1]) <= 8]
+    def close(i, j):
+        pairs = [(hashes[i], hashes[j]), (hashes[i], windows[j]), (windows[i], hashes[j])]
+        return min(bin(p ^ q).count("1") for p, q in pairs) <= 8
+    want = [(f"u{i:04d}", f"u{j:04d}") for i in range(len(hashes)) for j in range(i + 1, len(hashes)) if close(i, j)]
     assert len(want) > 500
     assert got == want
 

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from curation.dedup import centres
 from curation.dedup.images import ExactDedup, NearDupImages, quality_key
-from curation.dedup.index import bucket_candidates, index_keys
+from curation.dedup.index import bucket_candidates, index_entries
 from curation.dedup.merge import Limits, SampleUnion, merge_into
 from curation.dedup.signature import WINDOWS, Thresholds, distances, hashes64, image_signature, match, pack
 from curation.synthetic.images import COLORS, encode, random_scene, render_scene
@@ -59,22 +59,26 @@ def test_copies_cropped_up_to_5_percent_a_side_match(box):
 
 def test_index_meets_every_pair_within_11_bits_and_buckets_stay_bounded():
     rng = random.Random(3)
-    base = rng.getrandbits(64)
-    bits = rng.sample(range(64), 11)
-    near = base
-    for b in bits:
-        near ^= 1 << b
-    far = [rng.getrandbits(64) for _ in range(50)]
-    nodes = {"a": (base,) * len(WINDOWS), "b": (near,) * len(WINDOWS)}
-    shared = set(index_keys(nodes["a"])) & set(index_keys(nodes["b"]))
-    assert shared                                            # pigeonhole: 11 bits over 4 substrings of 16
+    for _trial in range(200):
+        base = rng.getrandbits(64)
+        near = base
+        for b in rng.sample(range(64), 11):
+            near ^= 1 << b
+        ea, eb = index_entries((base,) * len(WINDOWS)), index_entries((near,) * len(WINDOWS))
+        shared = {k for k, _h, full in ea if full} & {k for k, _h, full in eb if full}
+        assert shared                                        # pigeonhole: 11 bits over 4 substrings of 16
     key = min(shared)
-    bucket = [(u, h) for u, h in nodes.items()] + [(f"f{i}", (h,) * len(WINDOWS)) for i, h in enumerate(far)]
+    bucket = [("a", base, True), ("b", near, True)] + [(f"f{i}", rng.getrandbits(64), True) for i in range(50)]
     pairs, capped = bucket_candidates(key, bucket, max_distance=11, max_bucket=4096)
     assert ("a", "b") in pairs and capped == 0
     # an oversized bucket is compared in runs of max_bucket and counted, never all against all
     pairs, capped = bucket_candidates(key, bucket, max_distance=11, max_bucket=8)
     assert capped == len(bucket)
+    # a window hash meets a full hash within 7 bits; two window hashes are never compared
+    w = base ^ 0b1111111
+    assert ("a", "w") in bucket_candidates(key, [("a", base, True), ("w", w, False)], max_distance=7,
+                                           max_bucket=64)[0]
+    assert not bucket_candidates(key, [("a", base, False), ("w", w, False)], max_distance=7, max_bucket=64)[0]
 
 
 def _sig_with(h64: int, h256: bytes, colour: bytes = bytes(192)) -> bytes:

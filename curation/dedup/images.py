@@ -13,10 +13,10 @@ Near (`NearDupImages`), on metadata:
 1. every record gets its signature (`curation.dedup.signature`: 64-bit and 256-bit pHashes and a colour
    thumbnail of 11 windows; taken from ``record["dedup_signature"]`` when the fetch stage computed it, else
    computed here from the stored image);
-2. each record emits its index keys (`curation.dedup.index`: 16-bit substrings, at most 108 keys with the
-   uid and 11 x 64-bit hashes); ``GroupByKey`` per key; a bucket yields candidate pairs within
-   ``Thresholds.phash64`` bits, comparing at most 2 x ``max_bucket`` images per image (buckets bounded by
-   construction, capped ones counted); ``Distinct`` pairs;
+2. each record files at most 108 index entries (`curation.dedup.index`: key = a 16-bit substring; value =
+   uid, one 64-bit hash, whether it is the full picture's); ``GroupByKey`` per key; a bucket yields
+   candidate pairs within ``Thresholds.phash64`` bits, at most 2 x ``max_bucket`` comparisons per entry
+   (buckets bounded by construction, capped ones counted); ``Distinct`` pairs;
 3. candidates are verified on the full signatures (two joins by uid: a pair meets each side's signature
    once): all of 64-bit pHash, 256-bit pHash and colour thumbnail within `Thresholds` for one pair of windows;
 4. greedy centres in quality order (`curation.dedup.centres`) in ``cluster_rounds`` synchronous rounds; an
@@ -28,7 +28,7 @@ Near (`NearDupImages`), on metadata:
    centre (with their images) so a bounded, deterministic sample of merged clusters is written with
    thumbnails to ``examples_path`` (see `curation.dedup.examples`).
 
-What one worker holds at 150M rows: one index bucket (``max_bucket`` x ~100 bytes), one node's state (its
+What one worker holds at 150M rows: one index bucket (``max_bucket`` entries of ~60 bytes), one node's state (its
 neighbour lists), one combiner accumulator per centre it sees (one record with its image, ~2 x the limits
 of captions / QA / URLs, ``MAX_MEMBERS`` example members). Nothing grows with N per key except a node's
 degree in the verified graph: an image with d verified near-duplicates has O(d) state and there are O(d^2)
@@ -44,7 +44,7 @@ import apache_beam as beam
 
 from curation.dedup import centres
 from curation.dedup.examples import MAX_MEMBERS, WriteDedupExamples, cluster_priority
-from curation.dedup.index import bucket_candidates, index_keys
+from curation.dedup.index import bucket_candidates, index_entries
 from curation.dedup.merge import Limits, SampleUnion, apply_union
 from curation.dedup.signature import Thresholds, hashes64, image_signature, match
 from curation.funnel import DROPPED, Progress, record_event
@@ -245,7 +245,7 @@ class NearDupImages(beam.PTransform):
     """records -> (merged records, drop events, ledger entries); with ``example_clusters`` > 0 it also
     writes that many merged clusters, with thumbnails, to ``examples_path``."""
 
-    def __init__(self, *, thresholds: Thresholds = Thresholds(), max_bucket: int = 4096, rounds: int = 24,
+    def __init__(self, *, thresholds: Thresholds = Thresholds(), max_bucket: int = 512, rounds: int = 24,
                  limits: Limits = Limits(), progress_dir=None, example_clusters: int = 0,
                  examples_path: str | None = None):
         super().__init__()
@@ -259,8 +259,8 @@ class NearDupImages(beam.PTransform):
         t = self.thresholds
         sigs = records | "Signature" >> beam.Map(lambda r: (r["uid"], (node_of(r), signature_of(r))))
         buckets = (sigs
-                   | "IndexKeys" >> beam.FlatMap(
-                       lambda kv: [(k, (kv[0], h)) for h in [hashes64(kv[1][1])] for k in index_keys(h)])
+                   | "IndexEntries" >> beam.FlatMap(
+                       lambda kv: [(k, (kv[0], h, full)) for k, h, full in index_entries(hashes64(kv[1][1]))])
                    | "GroupByIndexKey" >> beam.GroupByKey()
                    | "Buckets" >> beam.FlatMap(_bucket, t.phash64, self.max_bucket)
                    .with_outputs(LEDGER, main="pairs"))
