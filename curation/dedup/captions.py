@@ -8,7 +8,16 @@
     clusters around leaders (verified Jaccard >= threshold, so a chance band collision does not join
     unrelated captions); a cluster keeps its caption on at most ``max_images_per_caption`` distinct images,
     chosen by a seeded hash of the uid (deterministic, and not biased towards any source). Others lose
-    that caption; an image left with no caption and no QA is dropped (``caption_cluster_cap``).
+    that caption; an image left with no caption and no QA is dropped (``caption_cluster_cap``). Only
+    samples whose every source is web alt-text (``dedup.caption_cap_sources``, CC3M and CC12M by default)
+    take part: human captions (COCO, Visual Genome) repeat legitimately across different pictures.
+
+Memory per worker at 150M rows: (a) one record's captions (signatures are k x num_perm, compared against
+the kept ones only, never an n x n x num_perm array); (b) one band bucket, gathered by ``GroupByKey``. The
+hot key is a boilerplate caption: shared by 1 % of rows, its bucket holds 1.5M members (about 400 MB with
+their signatures) on one worker, and leaders are compared vectorised, so the work is members x leaders.
+That bucket is not bounded by construction yet (a combiner keeping the first ``max_images_per_caption``
+images per cluster would need a second pass to flag the rest).
 """
 
 from __future__ import annotations
