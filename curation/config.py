@@ -163,14 +163,25 @@ class ImageFilterConfig:
 
 @dataclass(kw_only=True)
 class DedupConfig:
-    phash_max_distance: int = 10           # Hamming distance of 64-bit pHashes counted as the same picture
-    phash_bands: int = 8                   # LSH bands over the 64 bits; pairs within bands - 1 bits always meet
-    label_rounds: int = 6                  # min-label propagation rounds (components of diameter <= this)
+    # Two images are the same picture when, for one pair of windows (see curation.dedup.signature), all three
+    # hold: 64-bit pHash, 256-bit pHash and colour-thumbnail distance within these.
+    phash_max_distance: int = 10           # bits of the 64-bit pHash (also what the index searches within)
+    phash256_max_distance: int = 72        # bits of the 256-bit pHash
+    colour_max_distance: float = 24.0      # mean absolute difference of the 8x8 colour thumbnails (0-255)
+    phash_bands: int = 8                   # LSH bands of the 64-bit pHash for decontamination against eval images
+    max_bucket: int = 512                  # near-dup index: entries compared all against all in one bucket
+    cluster_rounds: int = 24               # greedy-centre rounds; the run fails if a node is undecided after them
+    max_captions_per_sample: int = 32      # a merged sample keeps at most this many captions (the rest counted)
+    max_qa_per_sample: int = 64            # ... QA pairs
+    max_urls_per_sample: int = 32          # ... other URLs, merged uids and provenance entries each
     caption_ngram: int = 5                 # character n-grams of the normalised caption
     caption_num_perm: int = 64
     caption_bands: int = 16                # bands x rows = num_perm
     caption_threshold: float = 0.8         # Jaccard estimate at which two captions are near-duplicates
     max_images_per_caption: int = 3        # a caption cluster may caption at most this many distinct images
+    # Source kinds whose captions are web alt-text, capped by max_images_per_caption. Human-written captions
+    # (COCO, Visual Genome) repeat legitimately across pictures ("a man riding a wave on top of a surfboard").
+    caption_cap_sources: list[str] = field(default_factory=lambda: ["cc3m", "cc12m"])
     # Merged near-duplicate clusters written with thumbnails of their members to OUT/dedup_examples.jsonl for
     # the report (those whose kept uid hashes lowest: the same on every run); 0 writes no file.
     example_clusters: int = 16
@@ -178,8 +189,14 @@ class DedupConfig:
 
     def __post_init__(self) -> None:
         check_range("dedup.phash_max_distance", self.phash_max_distance, 0, 64)
+        check_range("dedup.phash256_max_distance", self.phash256_max_distance, 0, 256)
+        check_range("dedup.colour_max_distance", self.colour_max_distance, 0, 255)
         check_choice("dedup.phash_bands", self.phash_bands, (1, 2, 4, 8, 16))
-        check_range("dedup.label_rounds", self.label_rounds, 1, 64)
+        check_range("dedup.max_bucket", self.max_bucket, 2, 1 << 20)
+        check_range("dedup.cluster_rounds", self.cluster_rounds, 1, 256)
+        check_range("dedup.max_captions_per_sample", self.max_captions_per_sample, 1)
+        check_range("dedup.max_qa_per_sample", self.max_qa_per_sample, 1)
+        check_range("dedup.max_urls_per_sample", self.max_urls_per_sample, 1)
         check_range("dedup.caption_ngram", self.caption_ngram, 1, 32)
         check_range("dedup.caption_num_perm", self.caption_num_perm, 2, 1024)
         if self.caption_bands < 1 or self.caption_num_perm % self.caption_bands:
@@ -187,7 +204,20 @@ class DedupConfig:
                                          f"got {self.caption_bands}")
         check_range("dedup.caption_threshold", self.caption_threshold, 0, 1)
         check_range("dedup.max_images_per_caption", self.max_images_per_caption, 0)
+        for kind in self.caption_cap_sources:
+            if kind not in SOURCE_KINDS:
+                fail("dedup.caption_cap_sources", f"{kind!r} is not one of {SOURCE_KINDS}")
         check_range("dedup.example_clusters", self.example_clusters, 0, 1000)
+
+    def thresholds(self):
+        from curation.dedup.signature import Thresholds
+        return Thresholds(phash64=self.phash_max_distance, phash256=self.phash256_max_distance,
+                          colour=self.colour_max_distance)
+
+    def limits(self):
+        from curation.dedup.merge import Limits
+        return Limits(captions=self.max_captions_per_sample, qa=self.max_qa_per_sample,
+                      urls=self.max_urls_per_sample, sources=self.max_urls_per_sample)
 
 
 @dataclass(kw_only=True)

@@ -333,11 +333,12 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig, *, cache_dir: str, progress
                    nb, side=[beam.pvalue.AsMultiMap(eval_bands)])
 
     # -- dedup
-    exact = records | "ExactDedup" >> ExactDedup(progress_dir)
-    drops.append(exact[DROPPED])
-    merged, near_drops, near_ledger = exact.kept | "NearDupImages" >> NearDupImages(
-        max_distance=cfg.dedup.phash_max_distance, num_bands=nb, rounds=cfg.dedup.label_rounds,
-        progress_dir=progress_dir, example_clusters=cfg.dedup.example_clusters,
+    exact_kept, exact_drops, exact_ledger = records | "ExactDedup" >> ExactDedup(cfg.dedup.limits(), progress_dir)
+    drops.append(exact_drops)
+    ledger.append(exact_ledger)
+    merged, near_drops, near_ledger = exact_kept | "NearDupImages" >> NearDupImages(
+        thresholds=cfg.dedup.thresholds(), max_bucket=cfg.dedup.max_bucket, rounds=cfg.dedup.cluster_rounds,
+        limits=cfg.dedup.limits(), progress_dir=progress_dir, example_clusters=cfg.dedup.example_clusters,
         examples_path=fsutil.join(out, DEDUP_EXAMPLES_FILE))   # a few merged clusters, with thumbnails
     drops.append(near_drops)
     ledger.append(near_ledger)

@@ -15,7 +15,9 @@ from curation import fetch_cache, filters, outdir, run_cmd
 from curation.config import CaptionFilterConfig, DedupConfig, ImageFilterConfig, load_config
 from curation.decontam import decontam_by_id, decontam_by_image
 from curation.dedup import minhash
-from curation.dedup.images import candidate_edges, merge_records, quality_key
+from curation.dedup.images import quality_key
+from curation.dedup.index import bucket_candidates
+from curation.dedup.merge import merge_into
 from curation.dedup.phash import bands, hamming, phash
 from curation.netguard import NetGuard
 from curation.sharding import order_key
@@ -135,23 +137,27 @@ def test_phash_near_duplicates_close_and_distinct_pictures_far():
     assert len(set(bands(h0, 4)) & set(bands(h1, 4))) == 3
 
 
-def test_candidate_edges_vectorised_hamming():
-    nodes = [((-1, "a", "u1"), "0000000000000000"), ((-1, "b", "u2"), "0000000000000007"),
-             ((-1, "c", "u3"), "ffffffffffffffff")]
-    edges = list(candidate_edges(("0:0000", nodes), 3))
-    assert edges == [(nodes[0][0], nodes[1][0])]
+def test_bucket_candidates_vectorised_hamming():
+    entries = [("u1", 0x0, True), ("u2", 0x7, True), ("u3", 0xFFFFFFFFFFFFFFFF, True)]
+    pairs, capped = bucket_candidates(0, entries, max_distance=3, max_bucket=4096)
+    assert pairs == [("u1", "u2")] and capped == 0
 
 
-def test_candidate_edges_equal_brute_force_across_blocks():
-    # 600 nodes span three row blocks; clustered hashes give many pairs at and around the threshold.
+def test_bucket_candidates_equal_brute_force_across_blocks():
+    # 1,200 entries span several row blocks; clustered hashes give many pairs at and around the threshold.
+    # Each image files a full hash and a window hash; window/window pairs are not compared.
     rng = random.Random(7)
     centres = [rng.getrandbits(64) for _ in range(40)]
     hashes = [c ^ sum(1 << b for b in rng.sample(range(64), rng.randint(0, 12))) for c in centres for _ in range(15)]
-    nodes = [((-i, f"{i:04d}", f"u{i}"), f"{h:016x}") for i, h in enumerate(hashes)]
-    got = list(candidate_edges(("0:00", nodes), 8))
-    ordered = sorted(set(nodes))
-    want = [(a[0], b[0]) for k, a in enumerate(ordered) for b in ordered[k + 1:]
-            if bin(int(a[1], 16) ^ int(b[1], 16)).count("1") <= 8]
+    windows = [h ^ sum(1 << b for b in rng.sample(range(64), 2)) for h in hashes]
+    entries = [(f"u{i:04d}", h, True) for i, h in enumerate(hashes)] + \
+        [(f"u{i:04d}", w, False) for i, w in enumerate(windows)]
+    got, _ = bucket_candidates(0, entries, max_distance=8, max_bucket=4096)
+
+    def close(i, j):
+        pairs = [(hashes[i], hashes[j]), (hashes[i], windows[j]), (windows[i], hashes[j])]
+        return min(bin(p ^ q).count("1") for p, q in pairs) <= 8
+    want = [(f"u{i:04d}", f"u{j:04d}") for i in range(len(hashes)) for j in range(i + 1, len(hashes)) if close(i, j)]
     assert len(want) > 500
     assert got == want
 
@@ -164,7 +170,8 @@ def test_merge_keeps_union_and_quality_rule():
          "sha256": "00"}
     kept = min([a, b], key=quality_key)
     assert kept is b    # more pixels wins
-    m = merge_records(kept, [a])
+    m, dropped = merge_into(kept, [a], quality_key)
+    assert not any(dropped.values())
     assert m["captions"] == ["y", "z", "x"] and m["merged"] == ["a"] and m["other_urls"] == ["u1"]
     assert len(m["sources"]) == 2 and m["qa"] == b["qa"]
 
@@ -188,7 +195,7 @@ def _near_dup_examples(records: list[dict], example_clusters: int, root: str) ->
     path = f"{root}/dedup_examples.jsonl"
     with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])) as p:
         merged, _drops, _ledger = p | beam.Create(records) | NearDupImages(
-            max_distance=10, num_bands=8, rounds=4, example_clusters=example_clusters, examples_path=path)
+            rounds=4, example_clusters=example_clusters, examples_path=path)
         merged | beam.Map(lambda r: json.dumps({"uid": r["uid"], "merged": r.get("merged") or []})) \
             | outdir.WriteLines(f"{root}/merged.jsonl")
     examples = outdir.read_jsonl(path) if fsutil.exists(path) else None
@@ -247,8 +254,12 @@ def test_minhash_matches_datasketch_and_finds_near_captions():
 def test_caption_cap_bucket_keeps_n_images(tmp_path):
     from curation.dedup.captions import _band_items, _cap_bucket
     cfg = DedupConfig(max_images_per_caption=2)
-    recs = [{"uid": f"u{i}", "captions": ["stock photo of an abstract background"]} for i in range(5)]
-    recs.append({"uid": "other", "captions": ["a red bus on a bridge at night"]})
+    web = [{"dataset": "cc3m", "id": "1"}]
+    recs = [{"uid": f"u{i}", "captions": ["stock photo of an abstract background"], "sources": web} for i in range(5)]
+    recs.append({"uid": "other", "captions": ["a red bus on a bridge at night"], "sources": web})
+    # human captions (COCO) are not capped by default
+    recs += [{"uid": f"coco{i}", "captions": ["stock photo of an abstract background"],
+              "sources": [{"dataset": "coco", "id": str(i)}]} for i in range(5)]
     buckets: dict = {}
     for r in recs:
         for k, v in _band_items(r, cfg):

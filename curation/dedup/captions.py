@@ -8,7 +8,16 @@
     clusters around leaders (verified Jaccard >= threshold, so a chance band collision does not join
     unrelated captions); a cluster keeps its caption on at most ``max_images_per_caption`` distinct images,
     chosen by a seeded hash of the uid (deterministic, and not biased towards any source). Others lose
-    that caption; an image left with no caption and no QA is dropped (``caption_cluster_cap``).
+    that caption; an image left with no caption and no QA is dropped (``caption_cluster_cap``). Only
+    samples whose every source is web alt-text (``dedup.caption_cap_sources``, CC3M and CC12M by default)
+    take part: human captions (COCO, Visual Genome) repeat legitimately across different pictures.
+
+Memory per worker at 150M rows: (a) one record's captions (signatures are k x num_perm, compared against
+the kept ones only, never an n x n x num_perm array); (b) one band bucket, gathered by ``GroupByKey``. The
+hot key is a boilerplate caption: shared by 1 % of rows, its bucket holds 1.5M members (about 400 MB with
+their signatures) on one worker, and leaders are compared vectorised, so the work is members x leaders.
+That bucket is not bounded by construction yet (a combiner keeping the first ``max_images_per_caption``
+images per cluster would need a second pass to flag the rest).
 """
 
 from __future__ import annotations
@@ -38,8 +47,15 @@ def _rank(uid: str, seed: int) -> str:
     return hashlib.sha1(f"{seed}:{uid}".encode()).hexdigest()
 
 
+def capped(record: dict, cfg: DedupConfig) -> bool:
+    """Whether the record's captions fall under the cap: only when every source it came from is web
+    alt-text (``dedup.caption_cap_sources``), so that human captions merged into it are never capped."""
+    kinds = {s["dataset"] for s in record.get("sources") or []}
+    return bool(kinds) and kinds <= set(cfg.caption_cap_sources)
+
+
 def _band_items(record: dict, cfg: DedupConfig):
-    if not record["captions"]:
+    if not record["captions"] or not capped(record, cfg):
         return
     sigs = signatures(record["captions"], num_perm=cfg.caption_num_perm, seed=cfg.seed, ngram=cfg.caption_ngram)
     rank = _rank(record["uid"], cfg.seed)
@@ -55,21 +71,25 @@ def _cap_bucket(item, cfg: DedupConfig):
     members = sorted(members)
     if len({m[1] for m in members}) <= cfg.max_images_per_caption:
         return
-    leaders: list[tuple[np.ndarray, list]] = []
+    # Leaders in rank order; a member joins the first leader it verifies against (vectorised over leaders).
+    leader_sigs: list[np.ndarray] = []
+    clusters: list[list] = []
     for m in members:
         sig = np.frombuffer(m[3], dtype=np.uint32)
-        for lsig, cluster in leaders:
-            if np.mean(lsig == sig) >= cfg.caption_threshold:
-                cluster.append(m)
+        if leader_sigs:
+            sim = (np.stack(leader_sigs) == sig).mean(axis=1)
+            hit = np.nonzero(sim >= cfg.caption_threshold)[0]
+            if len(hit):
+                clusters[int(hit[0])].append(m)
+                continue
+        leader_sigs.append(sig)
+        clusters.append([m])
+    for cluster in clusters:
+        allowed: dict[str, None] = {}      # insertion-ordered set: members are sorted by rank already
+        for m in cluster:
+            if len(allowed) >= cfg.max_images_per_caption:
                 break
-        else:
-            leaders.append((sig, [m]))
-    for _sig, cluster in leaders:
-        uids_in_order: list[str] = []
-        for m in cluster:   # sorted by rank already
-            if m[1] not in uids_in_order:
-                uids_in_order.append(m[1])
-        allowed = set(uids_in_order[:cfg.max_images_per_caption])
+            allowed.setdefault(m[1])
         for m in cluster:
             if m[1] not in allowed:
                 yield m[1], m[2]

@@ -1,20 +1,39 @@
-"""Image deduplication in Beam: exact (sha256 of the stored bytes), then near (pHash + LSH + components).
+"""Image deduplication in Beam: exact (sha256 of the stored bytes), then near (index, verify, greedy centres).
 
-Near duplicates, without ever holding the corpus in one process:
-1. every record contributes ``(band, node)`` for each of the pHash's LSH bands (node = quality key, pHash);
-2. ``GroupByKey`` per band key; inside a bucket, pairs within ``phash_max_distance`` become edges
-   (vectorised XOR + popcount);
-3. connected components by min-label propagation: ``label(v) = min(label(u) for u in N(v) + v)``, one
-   ``CoGroupByKey`` per round, ``label_rounds`` rounds; one extra round counts nodes whose label would still
-   change (``dedup.unconverged_nodes`` in the funnel; 0 means the components are exact);
-4. labels are quality keys, so the minimum *is* the kept member: largest original pixel count first, then
-   the smaller sha256 of the stored image, then the uid (the deterministic tie-break);
-5. every other member is routed to its kept member, merged into it (union of captions, QA, sources,
-   URLs) and counted as dropped ``merged_near_duplicate`` (its rows are accounted there);
-6. with ``example_clusters`` > 0, a bounded, deterministic sample of the merged clusters is written with
-   thumbnails of its members (up to 8, closest first) to ``examples_path`` (see `curation.dedup.examples`), since the shards keep
-   only the kept image.
-Memory: one band bucket, one node's neighbours, one cluster.
+Exact (`ExactDedup`): records keyed by sha256 are folded by a combiner (`SampleUnion`, bounded by
+`Limits`): the best copy is kept with the union of every copy's captions, QA, provenance and URLs, at most
+``Limits`` of each, the rest counted (``captions_dropped|dedup_exact|sample_caption_cap`` and
+``dedup|dedup_exact_<field>_over_cap``). The hot key is one image served under many URLs (a placeholder
+behind 1M URLs): the combiner is lifted before the shuffle, so a worker holds one accumulator per sha256
+(one record with its image, and about 2 x the limits of small entries), whatever the group's size. Each
+other copy is then dropped as ``merged_exact_duplicate`` through a join by uid (one record's metadata and
+at most one "kept" flag per uid: bounded).
+
+Near (`NearDupImages`), on metadata:
+1. every record gets its signature (`curation.dedup.signature`: 64-bit and 256-bit pHashes and a colour
+   thumbnail of 11 windows; taken from ``record["dedup_signature"]`` when the fetch stage computed it, else
+   computed here from the stored image);
+2. each record files at most 108 index entries (`curation.dedup.index`: key = a 16-bit substring; value =
+   uid, one 64-bit hash, whether it is the full picture's); ``GroupByKey`` per key; a bucket yields
+   candidate pairs within ``Thresholds.phash64`` bits, at most 2 x ``max_bucket`` comparisons per entry
+   (buckets bounded by construction, capped ones counted); ``Distinct`` pairs;
+3. candidates are verified on the full signatures (two joins by uid: a pair meets each side's signature
+   once): all of 64-bit pHash, 256-bit pHash and colour thumbnail within `Thresholds` for one pair of windows;
+4. greedy centres in quality order (`curation.dedup.centres`) in ``cluster_rounds`` synchronous rounds; an
+   image merges only into a centre it is itself within the thresholds of; the run fails with a clear
+   message (`NotConverged`) when a node is still undecided after the last round;
+5. every member is routed to its centre, counted as dropped ``merged_near_duplicate`` (its rows are
+   accounted there), and folded into it by the same bounded combiner as exact dedup;
+6. with ``example_clusters`` > 0, the combiner also keeps the ``MAX_MEMBERS`` members closest to the
+   centre (with their images) so a bounded, deterministic sample of merged clusters is written with
+   thumbnails to ``examples_path`` (see `curation.dedup.examples`).
+
+What one worker holds at 150M rows: one index bucket (``max_bucket`` entries of ~60 bytes), one node's state (its
+neighbour lists), one combiner accumulator per centre it sees (one record with its image, ~2 x the limits
+of captions / QA / URLs, ``MAX_MEMBERS`` example members). Nothing grows with N per key except a node's
+degree in the verified graph: an image with d verified near-duplicates has O(d) state and there are O(d^2)
+edges among them, so the hot key here is a picture re-encoded into very many distinct files (exact copies
+are collapsed before and cost nothing).
 """
 
 from __future__ import annotations
@@ -22,192 +41,284 @@ from __future__ import annotations
 import typing
 
 import apache_beam as beam
-import numpy as np
 
-from curation.dedup.examples import WriteDedupExamples, cluster_candidate
-from curation.dedup.phash import bands
+from curation.dedup import centres
+from curation.dedup.examples import MAX_MEMBERS, WriteDedupExamples, cluster_priority
+from curation.dedup.index import bucket_candidates, index_entries
+from curation.dedup.merge import Limits, SampleUnion, apply_union
+from curation.dedup.signature import Thresholds, hashes64, image_signature, match
 from curation.funnel import DROPPED, Progress, record_event
+
+EXAMPLE = "example"
+LEDGER = "ledger"
 
 
 def quality_key(r: dict) -> tuple:
+    """Best first: most original pixels, then the smaller sha256 of the stored image, then the uid."""
     return (-(r["original_width"] * r["original_height"]), r["sha256"], r["uid"])
 
 
-def merge_records(kept: dict, others: list[dict]) -> dict:
-    """Union of captions, QA, sources and URLs into ``kept`` (its own first, then others by uid)."""
-    out = dict(kept)
-    others = sorted(others, key=lambda r: r["uid"])
-    captions, seen = list(kept["captions"]), set(kept["captions"])
-    qa, seen_q = list(kept["qa"]), {(q["question"], tuple(q["answers"])) for q in kept["qa"]}
-    sources = list(kept["sources"])
-    seen_s = {tuple(sorted(s.items())) for s in sources}
-    urls = set(kept.get("other_urls") or [])
-    merged = set(kept.get("merged") or [])
-    for o in others:
-        for c in o["captions"]:
-            if c not in seen:
-                seen.add(c)
-                captions.append(c)
-        for q in o["qa"]:
-            sig = (q["question"], tuple(q["answers"]))
-            if sig not in seen_q:
-                seen_q.add(sig)
-                qa.append(q)
-        for s in o["sources"]:
-            sig = tuple(sorted(s.items()))
-            if sig not in seen_s:
-                seen_s.add(sig)
-                sources.append(s)
-        urls.update(u for u in [o.get("url"), *(o.get("other_urls") or [])] if u)
-        merged.add(o["uid"])
-        merged.update(o.get("merged") or [])
-    urls.discard(kept.get("url"))
-    out.update(captions=captions, qa=qa, sources=sources, other_urls=sorted(urls), merged=sorted(merged))
-    return out
+def node_of(r: dict) -> tuple:
+    return (quality_key(r), r["phash"])
 
 
-def resolve_exact(item, progress_dir=None):
-    """(sha256, records) -> kept record + drop events for the byte-identical others."""
-    _sha, recs = item
-    recs = sorted(recs, key=quality_key)
-    kept, others = recs[0], recs[1:]
-    for o in others:
-        yield beam.pvalue.TaggedOutput(DROPPED, record_event("dedup_exact", "merged_exact_duplicate", o,
-                                                             f"merged into {kept['uid']}"))
-    yield merge_records(kept, others) if others else kept
+def signature_of(r: dict) -> bytes:
+    return r.get("dedup_signature") or image_signature(r["image"])
 
 
-def candidate_edges(item, max_distance: int):
-    """One LSH bucket -> edges (node_a, node_b), a < b, within ``max_distance`` bits.
-
-    Every pair of the bucket is compared, so a bucket's cost is quadratic in its size; it is done in
-    blocks of rows (XOR + hardware popcount over a block x remaining-nodes matrix) to keep that constant
-    small and the memory bounded (about 4M cells, 32 MB, per block)."""
-    _band, nodes = item
-    nodes = sorted(set(nodes))
-    n = len(nodes)
-    if n < 2:
-        return
-    hashes = np.fromiter((int(h, 16) for _, h in nodes), dtype=np.uint64, count=n)
-    rows_per_block = max(1, min(256, (1 << 22) // n))
-    for start in range(0, n - 1, rows_per_block):
-        block = hashes[start:start + rows_per_block]
-        rest = hashes[start:]
-        dist = np.bitwise_count(block[:, None] ^ rest[None, :])          # [block, n - start]
-        rows, cols = np.nonzero(dist <= max_distance)                      # row-major: i, then j
-        upper = cols > rows                                                # each pair once, a < b
-        for i, j in zip(rows[upper].tolist(), cols[upper].tolist()):
-            yield nodes[start + i][0], nodes[start + j][0]
+# ------------------------------------------------------------------------------------------ the combiner
+def _example_member(rec: dict, distance: int) -> dict:
+    return {"uid": rec["uid"], "sources": [dict(s) for s in rec.get("sources") or []], "url": rec.get("url"),
+            "original_width": rec["original_width"], "original_height": rec["original_height"],
+            "phash": rec["phash"], "distance": distance, "exact_copies": len(rec.get("merged") or []),
+            "caption": (rec.get("captions") or [""])[0][:200], "image": rec["image"]}
 
 
-def _propagate(item):
+class _Acc:
+    __slots__ = ("union", "members", "num_members")
+
+    def __init__(self, limits: Limits):
+        self.union = SampleUnion(limits)
+        self.members: list[tuple] = []      # (distance, uid, example member), at most MAX_MEMBERS
+        self.num_members = 0
+
+
+class MergeSamples(beam.CombineFn):
+    """(rec, distance to the kept one or None) -> (kept record with the union of all, drops by the bound,
+    example candidate or None). The kept record is the one of lowest quality key (for a near-duplicate
+    cluster: its centre). ``examples``: keep the MAX_MEMBERS closest members for `curation.dedup.examples`."""
+
+    def __init__(self, limits: Limits, examples: bool = False):
+        self.limits, self.examples = limits, examples
+
+    def create_accumulator(self):
+        return _Acc(self.limits)
+
+    def add_input(self, acc, item):
+        rec, distance = item
+        acc.union.add(rec, quality_key(rec))
+        if distance is not None:
+            acc.num_members += 1
+            if self.examples:
+                acc.members = sorted([*acc.members, (distance, rec["uid"], _example_member(rec, distance))],
+                                     key=lambda m: m[:2])[:MAX_MEMBERS]
+        return acc
+
+    def merge_accumulators(self, accs):
+        accs = list(accs)
+        out = accs[0]
+        for a in accs[1:]:
+            out.union.merge(a.union)
+            out.num_members += a.num_members
+            out.members = sorted([*out.members, *a.members], key=lambda m: m[:2])[:MAX_MEMBERS]
+        return out
+
+    def extract_output(self, acc):
+        kept = acc.union.best[1]
+        record, dropped = apply_union(kept, acc.union)
+        candidate = None
+        if self.examples and acc.num_members:
+            payload = {"kept": _example_member(kept, 0), "members": [m[2] for m in acc.members],
+                       "num_members": acc.num_members}
+            candidate = (cluster_priority(kept["uid"]), kept["uid"], payload)
+        return record, dropped, candidate
+
+
+def _split_merged(item, stage: str, with_examples: bool = False):
+    _key, (record, dropped, candidate) = item
+    for field, n in sorted(dropped.items()):
+        if not n:
+            continue
+        if field == "captions":
+            yield beam.pvalue.TaggedOutput(LEDGER, (f"captions_dropped|{stage}|sample_caption_cap", n))
+        else:
+            yield beam.pvalue.TaggedOutput(LEDGER, (f"dedup|{stage}_{field}_over_cap", n))
+    if with_examples and candidate is not None:
+        yield beam.pvalue.TaggedOutput(EXAMPLE, candidate)
+    yield record
+
+
+# ------------------------------------------------------------------------------------------ exact
+def _exact_events(item):
     uid, grouped = item
-    labels, neighbours = list(grouped["lab"]), list(grouped["adj"])
-    if not labels:
+    metas, kept = list(grouped["meta"]), list(grouped["kept"])
+    if kept:
         return
-    label = min(labels)
-    yield uid, label
-    for n in neighbours:
-        yield n, label
+    for m in metas:
+        yield record_event("dedup_exact", "merged_exact_duplicate", m,
+                           f"merged into the best copy of sha256 {m['sha256']}")
+
+
+class ExactDedup(beam.PTransform):
+    """records -> (one record per sha256, drop events, ledger entries)."""
+
+    def __init__(self, limits: Limits = Limits(), progress_dir=None):
+        super().__init__()
+        self.limits, self.progress_dir = limits, progress_dir
+
+    def expand(self, records):
+        merged = (records
+                  | "KeyBySha" >> beam.Map(lambda r: (r["sha256"], (r, None)))
+                  | "FoldCopies" >> beam.CombinePerKey(MergeSamples(self.limits))
+                  | "SplitFolded" >> beam.FlatMap(_split_merged, "dedup_exact").with_outputs(LEDGER, main="kept"))
+        kept_uids = merged.kept | "KeptUids" >> beam.Map(lambda r: (r["uid"], 1))
+        metas = records | "CopyMeta" >> beam.Map(
+            lambda r: (r["uid"], {"uid": r["uid"], "url": r.get("url"), "rows": r["rows"], "sha256": r["sha256"]}))
+        events = ({"meta": metas, "kept": kept_uids}
+                  | "JoinKept" >> beam.CoGroupByKey()
+                  | "CopyEvents" >> beam.FlatMap(_exact_events))
+        return merged.kept, events, merged[LEDGER]
+
+
+# ------------------------------------------------------------------------------------------ near
+def _bucket(item, max_distance: int, max_bucket: int):
+    key, nodes = item
+    pairs, capped = bucket_candidates(key, list(nodes), max_distance=max_distance, max_bucket=max_bucket)
+    if capped:
+        yield beam.pvalue.TaggedOutput(LEDGER, ("dedup|capped_bucket_images", capped))
+    yield from pairs
+
+
+def _first_half(item):
+    """Join on a: (a, {sig: [(node, sig)], b: [uids]}) -> (b, (node_a, sig_a)) for each candidate b."""
+    _uid, grouped = item
+    sigs = list(grouped["sig"])
+    if sigs:
+        for b in grouped["b"]:
+            yield b, sigs[0]
+
+
+def _verify(item, thresholds: Thresholds):
+    """Join on b: its signature against each candidate a's -> verified edges (node_a, node_b)."""
+    _uid, grouped = item
+    mine = list(grouped["sig"])
+    if not mine:
+        return
+    node_b, sig_b = mine[0]
+    for node_a, sig_a in grouped["a"]:
+        yield beam.pvalue.TaggedOutput(LEDGER, ("dedup|candidate_pairs", 1))
+        if match(sig_a, sig_b, thresholds) is not None:
+            yield beam.pvalue.TaggedOutput(LEDGER, ("dedup|verified_pairs", 1))
+            yield node_a, node_b
+
+
+def _init_state(item):
+    uid, pairs = item
+    pairs = list(pairs)
+    return uid, centres.new_state(pairs[0][0], [other for _me, other in pairs])
+
+
+def _combine_undecided(parts):
+    parts = [p for p in parts if p[0]]
+    return (sum(p[0] for p in parts), min(p[1] for p in parts)) if parts else (0, None)
+
+
+def _fail_if_undecided(result, rounds: int):
+    n, example = result
+    if n:
+        raise centres.NotConverged(
+            f"near-duplicate clustering did not converge in dedup.cluster_rounds={rounds} rounds: {n} images "
+            f"are still undecided (e.g. {example}); some chain of near-duplicates in falling quality order is "
+            f"longer than {rounds}. Raise dedup.cluster_rounds.")
+    return n
 
 
 def _route(item, progress_dir=None):
     uid, grouped = item
-    recs, labels = list(grouped["rec"]), list(grouped["lab"])
+    recs, to = list(grouped["rec"]), list(grouped["to"])
     if not recs:
         return
     rec = recs[0]
-    if not labels or labels[0][2] == uid:
-        yield uid, ("self", rec)
+    if not to:
+        yield uid, (rec, None)
         return
-    target = labels[0][2]
+    (centre_q, centre_phash) = to[0]
+    target = centre_q[-1]
     Progress.bump(progress_dir, "merged")
     yield beam.pvalue.TaggedOutput(DROPPED, record_event("dedup_image", "merged_near_duplicate", rec,
                                                          f"merged into {target}"))
-    yield target, ("dup", rec)
-
-
-EXAMPLE = "example"
-
-
-def _merge(item, with_examples: bool = False):
-    _uid, parts = item
-    selfs = [r for kind, r in parts if kind == "self"]
-    dups = [r for kind, r in parts if kind == "dup"]
-    assert len(selfs) == 1, f"cluster without its kept member: {_uid}"
-    if dups and with_examples:
-        # Before the merge: afterwards only the kept member's image is left.
-        yield beam.pvalue.TaggedOutput(EXAMPLE, cluster_candidate(selfs[0], dups))
-    yield merge_records(selfs[0], dups) if dups else selfs[0]
-
-
-def _changed(item):
-    _uid, grouped = item
-    old, new = list(grouped["old"]), list(grouped["new"])
-    if old and new and old[0] != new[0]:
-        yield 1
-
-
-class ExactDedup(beam.PTransform):
-    def __init__(self, progress_dir=None):
-        super().__init__()
-        self.progress_dir = progress_dir
-
-    def expand(self, records):
-        return (records
-                | "KeyBySha" >> beam.Map(lambda r: (r["sha256"], r))
-                | "GroupBySha" >> beam.GroupByKey()
-                | "Resolve" >> beam.FlatMap(resolve_exact, self.progress_dir).with_output_types(typing.Any).with_outputs(DROPPED, main="kept"))
+    distance = (int(rec["phash"], 16) ^ int(centre_phash, 16)).bit_count()
+    yield target, (rec, distance)
 
 
 class NearDupImages(beam.PTransform):
     """records -> (merged records, drop events, ledger entries); with ``example_clusters`` > 0 it also
     writes that many merged clusters, with thumbnails, to ``examples_path``."""
 
-    def __init__(self, *, max_distance: int, num_bands: int, rounds: int, progress_dir=None,
-                 example_clusters: int = 0, examples_path: str | None = None):
+    def __init__(self, *, thresholds: Thresholds = Thresholds(), max_bucket: int = 512, rounds: int = 24,
+                 limits: Limits = Limits(), progress_dir=None, example_clusters: int = 0,
+                 examples_path: str | None = None):
         super().__init__()
         if example_clusters and not examples_path:
             raise ValueError("example_clusters > 0 needs examples_path")
-        self.max_distance, self.num_bands, self.rounds = max_distance, num_bands, rounds
+        self.thresholds, self.max_bucket, self.rounds, self.limits = thresholds, max_bucket, rounds, limits
         self.progress_dir = progress_dir
         self.example_clusters, self.examples_path = example_clusters, examples_path
 
     def expand(self, records):
-        nb, md = self.num_bands, self.max_distance
-        nodes = records | "Nodes" >> beam.Map(lambda r: (quality_key(r), r["phash"]))
-        edges = (nodes
-                 | "Bands" >> beam.FlatMap(lambda n: [(b, n) for b in bands(n[1], nb)])
-                 | "GroupByBand" >> beam.GroupByKey()
-                 | "Pairs" >> beam.FlatMap(candidate_edges, md)
-                 | "DistinctEdges" >> beam.Distinct())
-        adj = edges | "Adjacency" >> beam.FlatMap(lambda e: [(e[0][2], e[1][2]), (e[1][2], e[0][2])])
-        labels = (edges
-                  | "InitLabels" >> beam.FlatMap(lambda e: [(e[0][2], e[0]), (e[0][2], e[1]),
-                                                            (e[1][2], e[1]), (e[1][2], e[0])])
-                  | "MinLabel0" >> beam.CombinePerKey(min))
+        t = self.thresholds
+        sigs = records | "Signature" >> beam.Map(lambda r: (r["uid"], (node_of(r), signature_of(r))))
+        buckets = (sigs
+                   | "IndexEntries" >> beam.FlatMap(
+                       lambda kv: [(k, (kv[0], h, full)) for k, h, full in index_entries(hashes64(kv[1][1]))])
+                   | "GroupByIndexKey" >> beam.GroupByKey()
+                   | "Buckets" >> beam.FlatMap(_bucket, t.phash64, self.max_bucket)
+                   .with_outputs(LEDGER, main="pairs"))
+        cands = buckets.pairs | "DistinctPairs" >> beam.Distinct()
+        half = ({"sig": sigs, "b": cands | "ByFirst" >> beam.Map(lambda p: p)}
+                | "JoinFirst" >> beam.CoGroupByKey() | "FirstHalf" >> beam.FlatMap(_first_half))
+        verified = ({"sig": sigs, "a": half}
+                    | "JoinSecond" >> beam.CoGroupByKey()
+                    | "Verify" >> beam.FlatMap(_verify, t).with_outputs(LEDGER, main="edges"))
+        states = (verified.edges
+                  | "BothWays" >> beam.FlatMap(lambda e: [(e[0][0][-1], (e[0], e[1])), (e[1][0][-1], (e[1], e[0]))])
+                  | "Neighbours" >> beam.GroupByKey()
+                  | "InitStates" >> beam.Map(_init_state))
         for i in range(1, self.rounds + 1):
-            labels = ({"lab": labels, "adj": adj}
-                      | f"Join{i}" >> beam.CoGroupByKey()
-                      | f"Propagate{i}" >> beam.FlatMap(_propagate)
-                      | f"MinLabel{i}" >> beam.CombinePerKey(min))
-        check = ({"lab": labels, "adj": adj}
-                 | "JoinCheck" >> beam.CoGroupByKey()
-                 | "PropagateCheck" >> beam.FlatMap(_propagate)
-                 | "MinLabelCheck" >> beam.CombinePerKey(min))
-        unconverged = ({"old": labels, "new": check}
-                       | "CompareLabels" >> beam.CoGroupByKey()
-                       | "Changed" >> beam.FlatMap(_changed)
-                       | "CountUnconverged" >> beam.Map(lambda n: ("dedup|unconverged_nodes", n)))
-        clustered = labels | "CountClustered" >> beam.Map(lambda _: ("dedup|clustered_images", 1))
-        routed = ({"rec": records | "KeyByUid" >> beam.Map(lambda r: (r["uid"], r)), "lab": labels}
-                  | "JoinRecords" >> beam.CoGroupByKey()
-                  | "Route" >> beam.FlatMap(_route, self.progress_dir).with_output_types(typing.Any).with_outputs(DROPPED, main="routed"))
+            states = (states
+                      | f"Announce{i}" >> beam.FlatMap(lambda kv: centres.messages(*kv))
+                      | f"Deliver{i}" >> beam.GroupByKey()
+                      | f"Decide{i}" >> beam.Map(centres.receive))
+        undecided = (states
+                     | "CountUndecided" >> beam.CombineGlobally(_count_undecided_combine).without_defaults()
+                     | "FailIfUndecided" >> beam.Map(_fail_if_undecided, self.rounds))
+        members = states | "Members" >> beam.FlatMap(
+            lambda kv: [(kv[0], kv[1]["centre"])] if kv[1]["decision"] == centres.MEMBER else [])
+        routed = ({"rec": records | "KeyByUid" >> beam.Map(lambda r: (r["uid"], r)), "to": members}
+                  | "JoinCentres" >> beam.CoGroupByKey()
+                  | "Route" >> beam.FlatMap(_route, self.progress_dir).with_output_types(typing.Any)
+                  .with_outputs(DROPPED, main="routed"))
         with_examples = self.example_clusters > 0
-        merged = (routed.routed | "GroupCluster" >> beam.GroupByKey()
-                  | "Merge" >> beam.FlatMap(_merge, with_examples).with_output_types(typing.Any)
-                  .with_outputs(EXAMPLE, main="merged"))
+        merged = (routed.routed
+                  | "FoldClusters" >> beam.CombinePerKey(MergeSamples(self.limits, with_examples))
+                  | "SplitClusters" >> beam.FlatMap(_split_merged, "dedup_image", with_examples)
+                  .with_outputs(LEDGER, EXAMPLE, main="merged"))
         if with_examples:
             merged[EXAMPLE] | "DedupExamples" >> WriteDedupExamples(self.examples_path, self.example_clusters)
-        ledger = (unconverged, clustered) | "DedupLedger" >> beam.Flatten()
+        counts = (states | "CountClustered" >> beam.FlatMap(
+            lambda kv: [("dedup|clustered_images", 1)]
+            + ([("dedup|centres", 1)] if kv[1]["decision"] == centres.CENTRE else [])))
+        ledger = ((counts, buckets[LEDGER], verified[LEDGER], merged[LEDGER],
+                   undecided | "NoCount" >> beam.FlatMap(lambda _n: []))
+                  | "DedupLedger" >> beam.Flatten())
         return merged.merged, routed[DROPPED], ledger
+
+
+class _CountUndecided(beam.CombineFn):
+    def create_accumulator(self):
+        return (0, None)
+
+    def add_input(self, acc, kv):
+        uid, s = kv
+        if s["decision"] is not None:
+            return acc
+        return (acc[0] + 1, uid if acc[1] is None or uid < acc[1] else acc[1])
+
+    def merge_accumulators(self, accs):
+        return _combine_undecided(list(accs))
+
+    def extract_output(self, acc):
+        return acc
+
+
+_count_undecided_combine = _CountUndecided()

@@ -105,11 +105,12 @@ def drop_near_duplicate_captions(captions: list[str], *, num_perm: int, seed: in
     if len(captions) < 2:
         return list(captions), []
     sigs = signatures(captions, num_perm=num_perm, seed=seed, ngram=ngram)
-    sim = (sigs[:, None, :] == sigs[None, :, :]).mean(axis=2)
+    # Each caption against the kept ones only: memory k x num_perm, never n x n x num_perm (a merged sample
+    # can carry many captions).
     kept_idx: list[int] = []
     removed: list[str] = []
     for i, c in enumerate(captions):
-        if any(sim[i, j] >= threshold for j in kept_idx):
+        if kept_idx and (sigs[kept_idx] == sigs[i]).mean(axis=1).max() >= threshold:
             removed.append(c)
         else:
             kept_idx.append(i)

@@ -6,6 +6,8 @@ only on the set of fragments, which is what makes reruns byte-identical.
 
 from __future__ import annotations
 
+from curation.dedup.merge import SampleUnion
+
 DATASET_ORDER = {"coco": 0, "cc3m": 1, "cc12m": 2, "vg": 3}
 
 
@@ -50,28 +52,13 @@ def assemble_picture(key: str, frags: list[dict]) -> tuple[dict | None, list[tup
     if not rows:
         return None, []   # a COCO image entry without any annotation: lookup metadata, not a row
     head = has_image[0]
-    captions, seen = [], set()
-    for f in frags:
-        for c in f["captions"]:
-            if c not in seen:
-                seen.add(c)
-                captions.append(c)
-    qa, seen_q = [], set()
-    for f in frags:
-        for q in f["qa"]:
-            sig = (q["question"], tuple(q["answers"]))
-            if sig not in seen_q:
-                seen_q.add(sig)
-                qa.append(q)
-    sources, seen_s = [], set()
-    for f in frags:
+    acc = SampleUnion()
+    for rank, f in enumerate(frags):
         entry = {"dataset": f["dataset"], "id": f["id"]}
         if f["dataset"] == "vg" and f["link"].get("coco_id") is not None:
             entry["coco_id"] = str(f["link"]["coco_id"])
-        sig = tuple(sorted(entry.items()))
-        if sig not in seen_s:
-            seen_s.add(sig)
-            sources.append(entry)
-    urls = sorted({f["url"] for f in frags if f["url"]})
-    return {"uid": key, "url": head["url"], "local": head["local"], "captions": captions, "qa": qa,
-            "sources": sources, "rows": rows, "other_urls": [u for u in urls if u != head["url"]]}, []
+        acc.add({"captions": f["captions"], "qa": f["qa"], "sources": [entry], "url": f["url"]}, rank, main=False)
+    lists, _dropped = acc.finish()      # unbounded: nothing dropped here (the dedup stages bound samples)
+    return {"uid": key, "url": head["url"], "local": head["local"], "captions": lists["captions"],
+            "qa": lists["qa"], "sources": lists["sources"], "rows": rows,
+            "other_urls": sorted(u for u in lists["urls"] if u != head["url"])}, []

@@ -160,6 +160,7 @@ def bench_scaling(sizes: list[int], root: Path) -> None:
     from apache_beam.io import ReadFromText
 
     from curation.dedup.images import ExactDedup, NearDupImages
+    from curation.dedup.signature import WINDOWS, pack
     from curation.pipeline import _assemble
     from curation.sources.tsv import parse_tsv_line
 
@@ -177,8 +178,10 @@ def bench_scaling(sizes: list[int], root: Path) -> None:
             h = int(r["uid"][4:20], 16)
             if h % 10 == 0:                       # 10 % near-duplicates of a neighbouring picture
                 h = (h // 1024) * 1024
+            # no image: a signature whose every window hash is the pHash (see curation.dedup.signature.pack)
+            sig = pack([h] * len(WINDOWS), [h.to_bytes(8, "big") * 4] * len(WINDOWS), [bytes(192)] * len(WINDOWS))
             return {**r, "sha256": r["uid"][4:], "phash": f"{h:016x}", "original_width": 100,
-                    "original_height": 100}
+                    "original_height": 100, "dedup_signature": sig}
 
         t0 = time.perf_counter()
         with beam.Pipeline(argv=["--runner=DirectRunner", "--direct_running_mode=in_memory"]) as p:
@@ -188,8 +191,8 @@ def bench_scaling(sizes: list[int], root: Path) -> None:
             recs = (frags | beam.Map(lambda f: (f["key"], f)) | beam.GroupByKey()
                     | beam.FlatMap(_assemble).with_outputs("dropped", main="r")).r
             recs = recs | beam.Map(fake_fetch)
-            exact = recs | ExactDedup()
-            merged, _drops, _ledger = exact.kept | NearDupImages(max_distance=6, num_bands=8, rounds=4)
+            exact_kept, _exact_drops, _exact_ledger = recs | ExactDedup()
+            merged, _drops, _ledger = exact_kept | NearDupImages(rounds=4)
             merged | beam.combiners.Count.Globally() | beam.Map(lambda c: None)
         dt = time.perf_counter() - t0
         base = base or dt / n
