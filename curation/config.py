@@ -167,7 +167,7 @@ class DedupConfig:
     # hold: 64-bit pHash, 256-bit pHash and colour-thumbnail distance within these.
     phash_max_distance: int = 10           # bits of the 64-bit pHash (also what the index searches within)
     phash256_max_distance: int = 72        # bits of the 256-bit pHash
-    colour_max_distance: float = 24.0      # mean absolute difference of the 8x8 colour thumbnails (0-255)
+    colour_max_distance: float = 10.0      # mean absolute difference of the tone-normalised 8x8 colour thumbnails
     phash_bands: int = 8                   # LSH bands of the 64-bit pHash for decontamination against eval images
     max_bucket: int = 512                  # near-dup index: entries compared all against all in one bucket
     cluster_rounds: int = 24               # greedy-centre rounds; the run fails if a node is undecided after them

@@ -8,8 +8,9 @@ of its original):
 - a 64-bit DCT pHash (32 x 32 grey, 8 x 8 lowest frequencies, median threshold): what the index keys on;
 - a 256-bit DCT pHash (64 x 64 grey, 16 x 16 lowest frequencies): finer structure, so two pictures that
   agree on the 64 coarsest frequencies by chance still differ here;
-- a ``COLOUR_SIDE`` x ``COLOUR_SIDE`` RGB thumbnail, brightness-normalised: the pHashes see grey levels
-  only, so a red square on purple and a purple circle on green can be 10 bits apart; their colours are not.
+- a ``COLOUR_SIDE`` x ``COLOUR_SIDE`` RGB thumbnail in standardised log levels (brightness and gamma edits
+  barely move it): the pHashes see grey levels only, so a red square on purple and a purple circle on
+  green can be 10 bits apart; their colours are not.
 
 `match` is the verdict on two signatures: some allowed pair of windows (full / full, or one side's full
 picture against a window of the other) agrees on all three within `Thresholds`. Window against window is
@@ -50,7 +51,7 @@ class Thresholds:
     """All three must hold for one allowed pair of windows."""
     phash64: int = 10          # bits of 64
     phash256: int = 72         # bits of 256
-    colour: float = 24.0       # mean absolute difference of the brightness-normalised thumbnails (0-255 scale)
+    colour: float = 10.0       # mean absolute difference of the tone-normalised thumbnails (128 + 32 z levels)
 
 
 def _box_matrix(out: int, side: int) -> np.ndarray:
@@ -83,6 +84,18 @@ def _window(arr: np.ndarray, window) -> np.ndarray:
     return arr[..., y0:y0 + side, x0:x0 + side]
 
 
+def _tone_normalised(col: np.ndarray) -> bytes:
+    """A colour thumbnail in log levels, standardised over all its cells and channels (128 + 32 z, uint8).
+
+    Brightness (v -> a v) and gamma (v -> v^g) are a shift and a scale of log levels, so both edits leave
+    it almost unchanged; what is left is how the colours of the cells relate: a red square on purple and a
+    purple circle on green stay far apart. The floor of the spread keeps a flat picture from turning its
+    noise into colour."""
+    lg = np.log(col + 16.0)
+    z = (lg - lg.mean()) / max(float(lg.std()), 0.05)
+    return np.clip(np.round(128.0 + 32.0 * z), 0, 255).astype(np.uint8).tobytes()
+
+
 def _median_bits(coeffs: np.ndarray) -> bytes:
     return np.packbits((coeffs > np.median(coeffs)).ravel()).tobytes()
 
@@ -104,9 +117,7 @@ def image_signature(image: bytes | Image.Image) -> bytes:
         out += _median_bits(m64 @ g @ m64.T)
         out += _median_bits(m256 @ g @ m256.T)
         col = (mc @ _window(chans, w) @ mc.T).transpose(1, 2, 0)   # [side, side, rgb]
-        # Brightness-normalised (mean level 128) so a +-15 % brightness edit barely moves it; the divisor is
-        # floored so that dark pictures do not turn their noise into colour.
-        out += np.clip(np.round(col * (128.0 / max(float(col.mean()), 48.0))), 0, 255).astype(np.uint8).tobytes()
+        out += _tone_normalised(col)
     return bytes(out)
 
 
