@@ -106,11 +106,11 @@ def simple_scene(rng: random.Random, *, side: int) -> Scene:
     n = 1 if rng.random() < 0.5 else 2
     shapes = []
     for i in range(n):
-        size = rng.uniform(0.38, 0.46) if n == 2 else rng.uniform(0.45, 0.6)
+        size = rng.uniform(0.38, 0.44) if n == 2 else rng.uniform(0.45, 0.6)
         if n == 1:
             cx = rng.uniform(0.5 - (0.5 - size / 2) * 0.5, 0.5 + (0.5 - size / 2) * 0.5)
         else:   # left half, then right half: the two never overlap
-            cx = (0.26 if i == 0 else 0.74) + rng.uniform(-0.03, 0.03)
+            cx = (0.26 if i == 0 else 0.74) + rng.uniform(-0.015, 0.015)
         cy = rng.uniform(0.5 - (0.5 - size / 2) * 0.6, 0.5 + (0.5 - size / 2) * 0.6)
         used = [sh.color for sh in shapes]
         color = rng.choice([c for c in SIMPLE_COLORS if c not in used])
