@@ -5,7 +5,10 @@
 #   2. `curate run` builds the corpus (download, filter, dedup, decontaminate, shard) and its report;
 #   3. `curate tokenizer` trains its SentencePiece model;
 #   4. `train launch` runs the MAE stage then the fusion stage on 2 CPU processes, and resumes;
-#   5. `evaluate` scores captioning and VQA on the held-out eval shards.
+#   5. `evaluate` scores captioning and VQA on the held-out eval shards, and the demo ends with a few held-out
+#      pictures' captions and answers beside their references and the accuracy per question type.
+# The demo world (`--scale demo`) keeps every planted curation case but draws plainly visible shapes, so the
+# tiny model of training/configs/demo.toml learns it in the demo's few minutes.
 # Every command below is the one a user would type; DEMO_DIR (default ./demo) holds everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
