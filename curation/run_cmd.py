@@ -167,8 +167,11 @@ def run(args: argparse.Namespace) -> int:
         edir = fsutil.join(out, "eval", name)
         fsutil.makedirs(fsutil.join(edir, "shards"))
         _remove_stale(fsutil.join(edir, "shards"), {i["info"]["name"] for i in by_group.get(name, [])})
+        # What became of each image of the eval set ("written" or the reason it was not), so that evaluation
+        # can say how many held-out images it cannot score instead of scoring a silent subset.
+        outcomes = {k.split("|", 1)[1]: v for k, v in funnel["eval_sets"].items() if k.split("|", 1)[0] == name}
         write_manifest(edir, [ShardInfo(**i["info"]) for i in by_group.get(name, [])], resolved,
-                       extra={"eval_set": name})
+                       extra={"eval_set": name, "eval_images": outcomes})
     fsutil.makedirs(fsutil.join(out, "shards"))
     write_manifest(out, [ShardInfo(**i["info"]) for i in by_group.get(CORPUS, [])], resolved,
                    extra={"funnel": {k: funnel[k] for k in ("rows_in", "rows_kept", "rows_dropped", "balanced")}})

@@ -9,6 +9,11 @@ Special pieces, fixed: pad=0 <pad>, unk=1 <unk>, bos=2 <s>, eos=3 </s>. Pad at 0
 zero-filled id buffer is padding. LM-shipped models (LLaMA: unk=0, bos=1, eos=2, no pad) are read
 through the same `shards.tokenizer.Tokenizer`, which maps their pad to unk (see there).
 
+Prompt words: "question:" and "answer:" (the VQA prompt, `training.tokenizer.Tokenizer.encode_vqa`) are
+reserved as user-defined pieces ("\u2581question:", "\u2581answer:", ids 4 and 5), so each is one token whatever
+the corpus: on a small corpus SentencePiece would otherwise split "question:" into 7 pieces, and the answer
+would be predicted from a position that has seen only the last letters of a word. Reserving costs 2 ids.
+
 Byte fallback is on by default: characters outside the trained pieces (rare scripts, emoji in
 alt-text) become UTF-8 byte pieces instead of <unk>, so decoding is lossless. It costs 256 ids.
 """
@@ -26,6 +31,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 SPECIAL_IDS = {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
+# The words of the VQA prompt "question: {q} answer: {a}"; with the word-start mark SentencePiece puts before
+# them in running text, so that " answer:" is exactly one piece.
+PROMPT_WORDS = ("question:", "answer:")
+PROMPT_PIECES = tuple("\u2581" + w for w in PROMPT_WORDS)
 MODEL_TYPES = ("unigram", "bpe")
 
 
@@ -153,6 +162,7 @@ def train_from_sentences(sentences: list[str], out: str, cfg: TokenizerTrainConf
             pad_id=SPECIAL_IDS["pad"], unk_id=SPECIAL_IDS["unk"],
             bos_id=SPECIAL_IDS["bos"], eos_id=SPECIAL_IDS["eos"],
             byte_fallback=cfg.byte_fallback, character_coverage=cfg.character_coverage,
+            user_defined_symbols=list(PROMPT_PIECES),
             split_digits=True,   # numbers as digits: no piece per year/count seen in training
             input_sentence_size=0, shuffle_input_sentence=False,   # already a uniform sample
             num_threads=os.cpu_count() or 1, minloglevel=2,

@@ -2,6 +2,8 @@
 
 The pipeline is the toolkit's (pycocoevalcap.eval.COCOEvalCap): PTB-tokenise references and results with the
 Stanford PTBTokenizer (lower-cased, punctuation tokens dropped), then hand the tokenised captions to each scorer.
+The tokenizer and METEOR run through eval.coco_java: the toolkit's jars and arguments on the same Java as SPICE
+($VLFUSION_JAVA), with temp files outside site-packages, so a read-only install works.
 BLEU, METEOR, ROUGE-L and CIDEr are pycocoevalcap's own scorers; CIDEr is CIDEr-D (sigma 6, clipped counts,
 x10) with document frequencies from the references of the evaluated images, exactly as in the toolkit. SPICE is
 the official jar, run by eval.spice (see eval.java_deps for its Java dependencies).
@@ -10,10 +12,11 @@ What we add is checking, so that bad input fails here with a message instead of 
 - results: a list of {"image_id", "caption"} with exactly one string caption per image;
 - every result image must have references; by default every referenced image must have a result
   (allow_subset=True scores only the result images, which is what the toolkit does);
-- non-ASCII text: non_ascii="fold" (default) maps it to ASCII first (NFKD, accents dropped, typographic quotes
-  and dashes to their ASCII forms, anything else becomes a space) and counts the captions changed;
-  non_ascii="error" rejects it. The original toolkit crashes on such text (Python 2 ASCII codec), and the Java
-  tools would otherwise read it with the platform charset;
+- non-ASCII text: by default (non_ascii="keep") it goes to the PTB tokenizer as UTF-8, unchanged, as
+  pycocoevalcap 1.2 passes it; non_ascii="fold" maps it to ASCII first (NFKD, accents dropped, typographic
+  quotes and dashes to their ASCII forms, anything else becomes a space), which is what a Python 2 era
+  toolkit would have needed, and counts the results and the references it changed (`num_folded_results`,
+  `num_folded_references`); non_ascii="error" rejects it;
 - line breaks and other control characters become spaces: the tokenizer works line by line, and a stray "\\r"
   would otherwise shift every following caption onto the wrong image;
 - a caption with no words (empty, or only punctuation) is scored as it stands, i.e. it matches nothing
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from eval import java_deps
+from eval.coco_java import Meteor, ptb_tokenize
 from eval.spice import spice_score
 
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
@@ -57,10 +61,13 @@ def fold_to_ascii(text: str) -> str:
     return "".join(c if ord(c) < 128 else ("" if unicodedata.combining(c) else " ") for c in text)
 
 
-def clean_caption(text: str, *, non_ascii: Literal["fold", "error"], where: str) -> tuple[str, bool]:
-    """(text safe for the line-based Java tools, whether non-ASCII had to be folded)."""
+NonAscii = Literal["keep", "fold", "error"]
+
+
+def clean_caption(text: str, *, non_ascii: NonAscii, where: str) -> tuple[str, bool]:
+    """(text safe for the line-based Java tools, whether non-ASCII was folded)."""
     folded = False
-    if not text.isascii():
+    if not text.isascii() and non_ascii != "keep":
         if non_ascii == "error":
             bad = sorted({c for c in text if not c.isascii()})
             raise CaptionInputError(f"{where}: non-ASCII characters {''.join(bad)!r} in {text!r} "
@@ -103,35 +110,23 @@ def results_by_image(results: list[Mapping[str, Any]]) -> dict[Any, str]:
     return out
 
 
-def _ptb_tokenize(captions: dict[Any, list[str]]) -> dict[Any, list[str]]:
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-    java_deps.find_java()  # a clear message instead of FileNotFoundError from subprocess
-    tokenized = PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
-    for k, v in captions.items():
-        if len(tokenized.get(k, ())) != len(v):
-            raise RuntimeError(f"PTB tokenizer returned {len(tokenized.get(k, ()))} captions for image {k!r}, "
-                               f"expected {len(v)}")
-    return tokenized
-
-
 def caption_scores(results: list[Mapping[str, Any]],
                    annotations: Mapping[str, Any] | list[Mapping[str, Any]], *,
                    spice: bool | Literal["auto"] = True,
                    allow_subset: bool = False,
-                   non_ascii: Literal["fold", "error"] = "fold",
+                   non_ascii: NonAscii = "keep",
                    empty: Literal["score", "error"] = "score",
                    spice_cache_dir: Path | str | None | bool = None,
                    spice_heap: str = "8G") -> dict[str, Any]:
     """Official COCO caption metrics of `results` against COCO-format `annotations`.
 
     Returns {"Bleu_1".."Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE": float, "num_images",
-    "num_empty_captions", "num_non_ascii_captions"}. spice=True requires SPICE (error if its Java dependencies
+    "num_empty_captions", "num_folded_results", "num_folded_references"}. spice=True requires SPICE (error if its Java dependencies
     are missing); spice="auto" reports "SPICE": None plus "SPICE_unavailable" (the reason) instead; spice=False
     skips it. Scores are in [0, 1] except CIDEr (x10 scale, as the toolkit reports it).
     """
-    if non_ascii not in ("fold", "error"):
-        raise ValueError(f"non_ascii must be 'fold' or 'error', got {non_ascii!r}")
+    if non_ascii not in ("keep", "fold", "error"):
+        raise ValueError(f"non_ascii must be 'keep', 'fold' or 'error', got {non_ascii!r}")
     if empty not in ("score", "error"):
         raise ValueError(f"empty must be 'score' or 'error', got {empty!r}")
     if spice not in (True, False, "auto"):
@@ -149,16 +144,20 @@ def caption_scores(results: list[Mapping[str, Any]],
                                 "(allow_subset=True / --allow-subset scores only the result images)")
     ids = sorted(hyps, key=lambda x: (str(type(x)), x))
 
-    num_folded = 0
+    num_folded_results = num_folded_refs = 0
     gts: dict[Any, list[str]] = {}
     res: dict[Any, list[str]] = {}
     for i in ids:
         text, folded = clean_caption(hyps[i], non_ascii=non_ascii, where=f"result for image {i!r}")
-        num_folded += folded
+        num_folded_results += folded
         res[i] = [text]
-        gts[i] = [clean_caption(r, non_ascii=non_ascii, where=f"reference of image {i!r}")[0] for r in refs[i]]
+        gts[i] = []
+        for r in refs[i]:
+            text, folded = clean_caption(r, non_ascii=non_ascii, where=f"reference of image {i!r}")
+            num_folded_refs += folded
+            gts[i].append(text)
 
-    gts_tok, res_tok = _ptb_tokenize(gts), _ptb_tokenize(res)
+    gts_tok, res_tok = ptb_tokenize(gts), ptb_tokenize(res)
     # METEOR's wrapper talks to Java with "|||"-separated lines and strips "|||" from results only.
     bad_refs = [i for i in ids if any("|||" in r for r in gts_tok[i])]
     if bad_refs:
@@ -170,7 +169,6 @@ def caption_scores(results: list[Mapping[str, Any]],
 
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
 
     scores: dict[str, Any] = {}
@@ -178,11 +176,8 @@ def caption_scores(results: list[Mapping[str, Any]],
         bleu, _ = Bleu(4).compute_score(gts_tok, res_tok)
     for n, value in enumerate(bleu, start=1):
         scores[f"Bleu_{n}"] = float(value)
-    meteor = Meteor()
-    try:
+    with Meteor() as meteor:
         scores["METEOR"] = float(meteor.compute_score(gts_tok, res_tok)[0])
-    finally:
-        _close_meteor(meteor)
     scores["ROUGE_L"] = float(Rouge().compute_score(gts_tok, res_tok)[0])
     scores["CIDEr"] = float(Cider().compute_score(gts_tok, res_tok)[0])
 
@@ -202,21 +197,9 @@ def caption_scores(results: list[Mapping[str, Any]],
             scores["SPICE"] = result.score
     scores["num_images"] = len(ids)
     scores["num_empty_captions"] = len(empty_ids)
-    scores["num_non_ascii_captions"] = num_folded
+    scores["num_folded_results"] = num_folded_results
+    scores["num_folded_references"] = num_folded_refs
     return scores
-
-
-def _close_meteor(meteor: Any) -> None:
-    # pycocoevalcap's Meteor keeps a JVM running until garbage collection; stop it now.
-    proc = getattr(meteor, "meteor_p", None)
-    if proc is None:
-        return
-    with meteor.lock:
-        for stream in (proc.stdin, proc.stdout):
-            with contextlib.suppress(Exception):
-                stream.close()
-        proc.kill()
-        proc.wait()
 
 
 def load_json(path: str | Path, what: str) -> Any:

@@ -29,8 +29,9 @@ def caption_table(scores: dict[str, Any]) -> str:
     lines.append(f"{'images':<10} {scores.get('num_images', 0):>8}")
     if scores.get("num_empty_captions"):
         lines.append(f"{'empty':<10} {scores['num_empty_captions']:>8}  (captions with no words, scored as such)")
-    if scores.get("num_non_ascii_captions"):
-        lines.append(f"{'non-ASCII':<10} {scores['num_non_ascii_captions']:>8}  (results folded to ASCII)")
+    if scores.get("num_folded_results") or scores.get("num_folded_references"):
+        lines.append(f"{'folded':<10} {scores.get('num_folded_results', 0):>8}  results and "
+                     f"{scores.get('num_folded_references', 0)} references folded to ASCII")
     if scores.get("SPICE_unavailable"):
         lines.append(f"SPICE unavailable: {scores['SPICE_unavailable']}")
     return "\n".join(lines)
@@ -69,6 +70,15 @@ def _add_generation(p: argparse.ArgumentParser, *, beam: int, max_new: int) -> N
     p.add_argument("--device", default="auto", help="auto (this rank's GPU, else CPU), cpu, cuda:N")
     p.add_argument("--limit", type=int, default=None, help="only the first N samples (smoke runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-missing-images", action="store_true",
+                   help="score although some images of the eval set are not in the shards (their number is "
+                        "reported); by default that is an error")
+
+
+def _add_non_ascii(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--non-ascii", choices=("keep", "fold", "error"), default="keep",
+                   help="non-ASCII caption text: keep (default: UTF-8 to the PTB tokenizer, as pycocoevalcap "
+                        "1.2), fold to ASCII (the counts of folded results and references are reported), or fail")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,8 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="where to write scores.json")
     p.add_argument("--allow-subset", action="store_true",
                    help="score only the images that have results (default: every annotated image needs one)")
-    p.add_argument("--non-ascii", choices=("fold", "error"), default="fold",
-                   help="non-ASCII text: fold to ASCII (default) or fail")
+    _add_non_ascii(p)
     _add_spice(p, "yes")
 
     text = "score VQAv2-format answers against VQAv2 questions and annotations"
@@ -99,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "DIR/captions_references.json and DIR/scores.json. Runs under torchrun.")
     _add_generation(p, beam=3, max_new=30)
     _add_spice(p, "auto")
+    _add_non_ascii(p)
 
     text = "answer every VQA question of eval shards with a checkpoint and score the answers"
     p = sub.add_parser("vqa", help=text, description=text + "; writes DIR/vqa_results.json, DIR/vqa_questions.json, "
@@ -113,7 +123,9 @@ def _generation_config(args):
     return GenerationConfig(checkpoint=args.checkpoint, data=args.data, out_dir=str(args.out),
                             beam_size=args.beam_size, max_new_tokens=args.max_new_tokens,
                             batch_size=args.batch_size, no_repeat_ngram_size=args.no_repeat_ngram_size,
-                            device=args.device, limit=args.limit, progress=not args.no_progress)
+                            device=args.device, limit=args.limit, progress=not args.no_progress,
+                            allow_missing_images=args.allow_missing_images,
+                            non_ascii=getattr(args, "non_ascii", "keep"))
 
 
 def run(args) -> int:

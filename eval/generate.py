@@ -37,6 +37,8 @@ class GenerationConfig:
     device: str = "auto"              # "auto": this rank's cuda device when available, else cpu
     limit: int | None = None          # evaluate only the first N images (smoke runs); reported in scores.json
     progress: bool = True
+    allow_missing_images: bool = False  # score although some images of the eval set are not in the shards
+    non_ascii: str = "keep"           # caption text to the PTB tokenizer: keep (UTF-8, as pycocoevalcap), fold, error
 
     def __post_init__(self):
         if self.beam_size < 1:
@@ -151,6 +153,45 @@ def load_eval_items(data: str, *, d: Dist, limit: int | None = None) -> tuple[li
     return items, skipped
 
 
+# Reader skip reasons that lose a whole sample (its image and its references or questions).
+_SAMPLE_LOSING_SKIPS = ("missing_image", "bad_json", "bad_text", "bad_metadata")
+
+
+def missing_images(data: str, skipped: dict[str, int]) -> dict[str, Any]:
+    """How many images of the eval set the shards cannot show: those `curate run` could not write (the eval
+    manifest's "eval_images" outcomes: missing file, failed image checks) plus samples the reader had to skip.
+    {"total": n, "not_written": {reason: n}, "unreadable": {reason: n}, "eval_set_known": bool}; without an eval
+    manifest (shards not written by `curate run`) only the unreadable ones can be counted."""
+    from shards import read_manifest
+
+    not_written: dict[str, int] = {}
+    known = False
+    try:
+        manifest = read_manifest(data) if (data.endswith(".json") or "{" not in data) else {}
+    except (FileNotFoundError, ValueError, OSError):
+        manifest = {}
+    if isinstance(manifest.get("eval_images"), dict):
+        known = True
+        not_written = {k: int(v) for k, v in manifest["eval_images"].items() if k != "written" and v}
+    unreadable = {k: int(v) for k, v in skipped.items() if k in _SAMPLE_LOSING_SKIPS and v}
+    lost_shards = {k: int(v) for k, v in skipped.items() if k in ("missing_shard", "truncated_tar") and v}
+    total = sum(not_written.values()) + sum(unreadable.values())
+    out = {"total": total, "not_written": not_written, "unreadable": unreadable, "eval_set_known": known}
+    if lost_shards:
+        out["shards_lost"] = lost_shards   # their samples cannot be counted without reading them
+    return out
+
+
+def check_missing_images(cfg: GenerationConfig, missing: dict[str, Any]) -> None:
+    if (missing["total"] or missing.get("shards_lost")) and not cfg.allow_missing_images:
+        parts = [f"{n} {r}" for r, n in {**missing["not_written"], **missing["unreadable"]}.items()]
+        if missing.get("shards_lost"):
+            parts += [f"{n} shard(s) {r}" for r, n in missing["shards_lost"].items()]
+        raise ValueError(f"eval shards {cfg.data}: {missing['total']} image(s) of the eval set have no image in "
+                         f"the shards ({', '.join(parts)}); scores would cover a subset. Pass "
+                         "--allow-missing-images to score the images that are there.")
+
+
 def preprocess(images: list[bytes], *, size: int, mean, std, device) -> torch.Tensor:
     """Encoded images -> float [B,3,S,S]: centre crop, resize, normalise (the eval side of the training
     augmentation: no random crop, flip or jitter)."""
@@ -218,7 +259,11 @@ def generate_captions(items: list[EvalItem], model, tokenizer, *, device, mean, 
 
 def answer_questions(items: list[EvalItem], model, tokenizer, *, device, mean, std, cfg: GenerationConfig,
                      show_progress: bool) -> list[dict]:
-    """[{"question_id", "answer"}] for every question of this rank's images."""
+    """[{"question_id", "answer", "generated"}] for every question of this rank's images: "answer" is the
+    generated text normalised like training's targets (`shards.answers.normalize_answer`), "generated" the
+    text as decoded."""
+    from shards.answers import normalize_answer
+
     rows = [(it, q) for it in items if it.image is not None for q in it.questions if q["answers"]]
     results = []
     max_len = model.cfg.max_len
@@ -228,7 +273,9 @@ def answer_questions(items: list[EvalItem], model, tokenizer, *, device, mean, s
                                 device=device)
             prompts = [tokenizer.encode_vqa(q["question"], None, max_len=max_len)[0] for _, q in batch]
             texts = _generate(model, tokenizer, images, prompts, cfg)
-            results += [{"question_id": q["question_id"], "answer": t} for (_, q), t in zip(batch, texts)]
+            # Scored in the benchmark's answer space, as training's targets are; the raw text stays beside it.
+            results += [{"question_id": q["question_id"], "answer": normalize_answer(t), "generated": t}
+                        for (_, q), t in zip(batch, texts)]
             bar.update(len(batch))
     return results
 
@@ -294,6 +341,8 @@ def run_caption_eval(cfg: GenerationConfig, *, spice: bool | str = "auto", log: 
     d = init_distributed()
     try:
         items, skipped = load_eval_items(cfg.data, d=d, limit=cfg.limit)
+        missing = missing_images(cfg.data, skipped)
+        check_missing_images(cfg, missing)
         scored = [it for it in items if it.captions]
         if not scored:
             raise ValueError(f"eval shards {cfg.data}: no sample carries reference captions")
@@ -306,8 +355,11 @@ def run_caption_eval(cfg: GenerationConfig, *, spice: bool | str = "auto", log: 
         references = coco_caption_annotations(scored)
         write_json(out / "captions_results.json", results)
         write_json(out / "captions_references.json", references)
-        scores = caption_scores(results, references, spice=spice)
-        scores.update(_run_info(cfg, items, skipped, num_without_references=len(items) - len(scored)))
+        scores = caption_scores(results, references, spice=spice, non_ascii=cfg.non_ascii)
+        scores.update(_run_info(cfg, items, skipped, num_without_references=len(items) - len(scored),
+                                missing_images=missing))
+        if missing["total"]:
+            log(f"evaluate caption: {missing['total']} image(s) of the eval set not in the shards, not scored")
         write_json(out / "scores.json", scores)
         return scores
     finally:
@@ -320,6 +372,8 @@ def run_vqa_eval(cfg: GenerationConfig, *, log: Callable[[str], None] = print) -
     d = init_distributed()
     try:
         items, skipped = load_eval_items(cfg.data, d=d, limit=cfg.limit)
+        missing = missing_images(cfg.data, skipped)
+        check_missing_images(cfg, missing)
         questions, annotations = vqa_question_and_annotation_files(items)
         if not questions["questions"]:
             raise ValueError(f"eval shards {cfg.data}: no sample carries VQA questions with answers")
@@ -338,7 +392,10 @@ def run_vqa_eval(cfg: GenerationConfig, *, log: Callable[[str], None] = print) -
         write_json(out / "vqa_annotations.json", annotations)
         scores = vqa_scores(results, annotations, questions)
         num_unanswerable = sum(1 for it in items for q in it.questions if not q["answers"])
-        scores.update(_run_info(cfg, items, skipped, num_questions_without_answers=num_unanswerable))
+        scores.update(_run_info(cfg, items, skipped, num_questions_without_answers=num_unanswerable,
+                                missing_images=missing))
+        if missing["total"]:
+            log(f"evaluate vqa: {missing['total']} image(s) of the eval set not in the shards, not scored")
         write_json(out / "scores.json", scores)
         return scores
     finally:

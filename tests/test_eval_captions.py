@@ -70,9 +70,9 @@ def test_line_breaks_and_non_ascii_do_not_shift_captions():
              {"image_id": 3, "caption": "a man riding a horse on the beach"}]
     clean = [dict(r, caption=r["caption"].replace("\r", " ")) for r in messy]
     messy[1]["caption"] = "two cäts sleeping on a bed"   # folds to "cats"
-    a = caption_scores(messy, coco(REFS), spice=False)
-    b = caption_scores(clean, coco(REFS), spice=False)
-    assert a.pop("num_non_ascii_captions") == 1 and b.pop("num_non_ascii_captions") == 0
+    a = caption_scores(messy, coco(REFS), spice=False, non_ascii="fold")
+    b = caption_scores(clean, coco(REFS), spice=False, non_ascii="fold")
+    assert a.pop("num_folded_results") == 1 and b.pop("num_folded_results") == 0
     assert a == b
     assert a["Bleu_1"] > 0.5
 
@@ -101,3 +101,57 @@ def test_caption_scores_command_rejects_missing_references(tmp_path, capsys):
     assert rc == 2
     assert "without references: 7" in capsys.readouterr().err
     assert not (tmp_path / "s.json").exists()
+
+
+# ---- non-ASCII text goes to the tokenizer unchanged by default, as pycocoevalcap 1.2 passes it
+
+NON_ASCII_REFS = {1: ["A café on the corner.", "a small café with red chairs"],
+                  2: ["Two cats sleep on a bed.", "a pair of cats lying on a bed"]}
+
+
+def test_non_ascii_is_kept_by_default_and_folding_counts_what_it_changed():
+    results = [{"image_id": 1, "caption": "a café with red chairs"}, {"image_id": 2, "caption": "two cats on a bed"}]
+    kept = caption_scores(results, coco(NON_ASCII_REFS), spice=False)
+    assert kept["num_folded_results"] == 0 and kept["num_folded_references"] == 0
+    folded = caption_scores(results, coco(NON_ASCII_REFS), spice=False, non_ascii="fold")
+    assert folded["num_folded_results"] == 1          # one result had an "é"
+    assert folded["num_folded_references"] == 2       # and two references
+    # "café" matches "café" either way; against ASCII references only the kept text loses the word
+    ascii_refs = {1: ["a cafe on the corner", "a small cafe with red chairs"], 2: NON_ASCII_REFS[2]}
+    assert (caption_scores(results, coco(ascii_refs), spice=False)["Bleu_1"]
+            < caption_scores(results, coco(ascii_refs), spice=False, non_ascii="fold")["Bleu_1"])
+
+
+def test_ptb_tokenize_equals_the_toolkits_tokenizer_and_writes_nothing_beside_the_jar():
+    import os
+
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    from eval.coco_java import ptb_jar, ptb_tokenize
+
+    captions = {1: ["A Café, naïve “dog” – it's 3.5 m!", "Two cats (sleeping) on a bed..."], 2: ["日本の猫 cat"]}
+    jar_dir = ptb_jar().parent
+    before = os.stat(jar_dir).st_mtime_ns
+    ours = ptb_tokenize(captions)
+    assert os.stat(jar_dir).st_mtime_ns == before      # no temp file created (and removed) in site-packages
+    theirs = PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+    assert os.stat(jar_dir).st_mtime_ns != before      # the toolkit's own wrapper does write there
+    assert ours == theirs
+    assert ours[1][0].startswith("a café naïve")
+
+
+def test_tokenizer_and_meteor_run_on_vlfusion_java(tmp_path, monkeypatch):
+    import shutil
+
+    java = shutil.which("java")
+    log = tmp_path / "calls.log"
+    wrapper = tmp_path / "java-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {java} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("VLFUSION_JAVA", str(wrapper))
+    results = [{"image_id": i, "caption": REFS[i][1]} for i in REFS]
+    s = caption_scores(results, coco(REFS), spice=False)
+    calls = log.read_text().splitlines()
+    assert sum("PTBTokenizer" in c for c in calls) == 2          # references and results
+    assert sum("meteor-1.5.jar" in c for c in calls) == 1
+    assert s["METEOR"] > 0.5

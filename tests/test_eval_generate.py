@@ -46,7 +46,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalgen")
     sentences = [caption_of(c) for c in COLORS] + [f"question: {QUESTION} answer: {c}" for c in COLORS]
     tok_path = root / "tokenizer.model"
-    train_from_sentences(sentences * 10, str(tok_path), TokenizerTrainConfig(vocab_size=36, byte_fallback=False))
+    train_from_sentences(sentences * 10, str(tok_path), TokenizerTrainConfig(vocab_size=35, byte_fallback=False))
     tok = Tokenizer.load(tok_path)
 
     images = [jpeg(rgb) for rgb in COLORS.values()]
@@ -121,7 +121,7 @@ def test_vqa_command_answers_every_question(setup, capsys):
                "--no-progress"])
     assert rc == 0
     results = json.loads((out / "vqa_results.json").read_text())
-    assert results == [{"question_id": 1000 + i, "answer": c} for i, c in enumerate(COLORS)]
+    assert results == [{"question_id": 1000 + i, "answer": c, "generated": c} for i, c in enumerate(COLORS)]
     scores = json.loads((out / "scores.json").read_text())
     assert scores["overall"] == 90.0                     # (1 + 0.6 + 1 + 1) / 4
     assert scores["perQuestionType"] == {"what color is the": 90.0}
@@ -142,6 +142,31 @@ def test_vqa_under_torchrun_gathers_every_rank(setup):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "vqa_results.json").read_text())
-    assert results == [{"question_id": 1000 + i, "answer": c} for i, c in enumerate(COLORS)]
+    assert results == [{"question_id": 1000 + i, "answer": c, "generated": c} for i, c in enumerate(COLORS)]
     assert json.loads((out / "scores.json").read_text())["overall"] == 90.0
     assert proc.stdout.count("Overall accuracy") == 1    # only rank 0 reports
+
+
+def test_eval_images_missing_from_the_shards_fail_unless_allowed(setup, capsys):
+    """`curate run` records in the eval manifest what became of each eval image; one that could not be
+    written is named, and scoring the rest needs --allow-missing-images."""
+    from shards import read_shard_info, write_manifest
+
+    data = setup["root"] / "eval_with_manifest"
+    shutil.copytree(setup["data"], data)
+    infos = [read_shard_info(str(data / "shards"), n) for n in (0, 1)]
+    write_manifest(str(data), infos, {}, extra={"eval_set": "coco-karpathy-test",
+                                                "eval_images": {"written": 4, "missing_image": 1}})
+    out = setup["root"] / "cap_missing"
+    args = ["caption", "--checkpoint", str(setup["run"]), "--data", str(data), "--out", str(out),
+            "--no-progress", "--spice", "no"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "1 image(s) of the eval set have no image in the shards (1 missing_image)" in err
+    assert "--allow-missing-images" in err
+    assert not (out / "scores.json").exists()
+    assert main(args + ["--allow-missing-images"]) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["run"]["missing_images"]["total"] == 1
+    assert scores["run"]["missing_images"]["not_written"] == {"missing_image": 1}
+    assert scores["num_images"] == 4

@@ -206,3 +206,75 @@ def test_every_verb_names_a_missing_input_in_one_line_and_writes_nothing(verb, t
     assert rc == 2
     assert err.startswith(f"evaluate {verb}: error: ") and "not-there" in err and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
+
+
+# ---- rounding as the official Python 2 code rounds
+
+def _one_type_annotations(n: int) -> dict:
+    return {"annotations": [{"question_id": q, "image_id": 1, "answer_type": "yes/no", "question_type": "is the",
+                             "answers": [{"answer": "yes", "answer_id": k} for k in range(1, 11)]}
+                            for q in range(n)]}
+
+
+def test_ties_round_half_away_from_zero_like_python2():
+    # 1 of 32 right: 100 * 1 / 32 = 3.125 exactly; Python 2's round(3.125, 2) is 3.13, Python 3's is 3.12.
+    results = [{"question_id": q, "answer": "yes" if q == 0 else "no"} for q in range(32)]
+    s = vqa_scores(results, _one_type_annotations(32))
+    assert s["overall"] == 3.13
+    assert s["perAnswerType"] == {"yes/no": 3.13}
+    assert s["perQuestionType"] == {"is the": 3.13}
+    # 3 of 8 right: 37.5 -> 37.5 (no third decimal to round); 5 of 8: 62.5
+    assert vqa_scores([{"question_id": q, "answer": "yes" if q < 3 else "no"} for q in range(8)],
+                      _one_type_annotations(8))["overall"] == 37.5
+
+
+def test_round_like_python2_uses_the_exact_binary_value():
+    from eval.vqa_metrics import round_like_python2
+
+    assert round_like_python2(3.125) == 3.13 and round(3.125, 2) == 3.12    # an exact tie: away from zero
+    assert round_like_python2(2.675) == 2.67       # 2.675 is 2.67499999... in binary: no tie, rounds down
+    assert round_like_python2(-0.125) == -0.13
+    assert round_like_python2(100 / 3) == 33.33
+
+
+# ---- non-ASCII answers as the official code (Python 2, unicode strings) treats them
+
+@pytest.mark.parametrize("text, expected", [
+    ("Café.", "café"),                      # lower-cased, period dropped, accent kept
+    ("3.\u0665", "3\u0665"),                # Python 2's \d is ASCII only: a period before an Arabic-Indic
+                                            # digit is not a decimal point and goes
+    ("\u0661,\u0662 x-y", "\u0661 \u0662 x y"),  # nor is "١,٢" a digit comma: punctuation becomes spaces
+    ("\u0130STANBUL", "istanbul"),          # Python 2's simple lower-case mapping: İ -> i, no combining dot
+    ("ΔΥΟ", "δυο"),
+    ("日本", "日本"),
+])
+def test_non_ascii_answers_follow_the_python2_official_code(text, expected):
+    assert normalize_answer(text) == expected
+
+
+def test_non_ascii_prediction_scored_against_disagreeing_humans():
+    assert question_accuracy("Café.", ten(("café", 6), ("coffee", 4))) == 1.0
+    assert question_accuracy("Café.", ["café"] * 10) == 0.0    # humans agree: raw comparison, as official
+
+
+# ---- training targets use the same answer space
+
+def test_training_vqa_targets_are_normalised_and_the_shard_keeps_the_raw_answer():
+    from collections import Counter
+
+    from training.data import expand, most_common_answer
+
+    assert most_common_answer(["Yes.", "yes", "No."]) == "yes"     # "Yes." and "yes" are one answer
+    assert most_common_answer(["Two.", "2", "three"]) == "2"
+    assert most_common_answer(["The big one.", "big one"]) == "big 1"   # the official table: "one" -> "1"
+    assert most_common_answer(["", " "]) is None
+    meta = {"captions": ["a red circle"],
+            "qa": [{"question": "How many shapes are there?", "answers": ["Two."]},
+                   {"question": "Is there a circle?", "answers": ["Yes."]},
+                   {"question": "What color is the circle?", "answers": ["Purple."]}]}
+    raw = {"__key__": "k", "jpg": b"\xff\xd8", "json": json.dumps(meta).encode()}
+    items = expand(raw, stage="fusion", include_captions=True, include_qa=True, counters=Counter())
+    assert [(i.kind, i.answer) for i in items if i.kind == "vqa"] == [("vqa", "2"), ("vqa", "yes"), ("vqa", "purple")]
+    assert json.loads(raw["json"])["qa"][0]["answers"] == ["Two."]     # provenance: the shard is unchanged
+    # and each target scores 100 against VQAv2-style references
+    assert question_accuracy("2", ["2"] * 10) == question_accuracy("yes", ["yes"] * 10) == 1.0

@@ -88,7 +88,7 @@ def test_vocab_too_small_for_characters(corpus, tmp_path, capsys):
 
 def test_empty_text_is_a_clear_error(tmp_path):
     with pytest.raises(CorpusTooSmallError, match="no caption or QA text"):
-        train_from_sentences(["", "   "], str(tmp_path / "t.model"), TokenizerTrainConfig(vocab_size=300))
+        train_from_sentences(["", "   "], str(tmp_path / "t.model"), TokenizerTrainConfig(vocab_size=48, byte_fallback=False))
 
 
 def test_sample_is_bounded_uniform_subset_and_worker_independent(corpus):
@@ -119,3 +119,26 @@ def test_config_rejects_bad_values():
         TokenizerTrainConfig(model_type="wordpiece")
     with pytest.raises(ValueError, match="sample_sentences"):
         TokenizerTrainConfig(sample_sentences=0)
+
+
+def test_prompt_words_are_one_piece_each_on_a_small_corpus(tmp_path):
+    # A corpus this small would split "question:" into 7 pieces; the reserved pieces keep each prompt word one
+    # token, in the training text and in the generation prompt alike.
+    sentences = ([f"question: what color is the {s}? answer: {c}" for s in ("circle", "square") for c in ("red", "blue")]
+                 + [f"a {c} {s} on a plain background" for s in ("circle", "square") for c in ("red", "blue")]) * 5
+    out = str(tmp_path / "small.model")
+    try:
+        train_from_sentences(sentences, out, TokenizerTrainConfig(vocab_size=64, byte_fallback=False))
+    except CorpusTooSmallError as e:   # as big a vocabulary as this corpus supports
+        train_from_sentences(sentences, out, TokenizerTrainConfig(vocab_size=e.suggested_vocab_size,
+                                                                  byte_fallback=False))
+    tok = Tokenizer.load(out)
+    assert tok.special_ids() == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
+    for word in ("question:", "answer:"):
+        assert len(tok.tokenize(word)) == 1, tok.sp.encode(word, out_type=str)
+    prompt, _ = tok.encode_vqa("what color is the circle?", None)
+    pieces = [tok.sp.id_to_piece(i) for i in prompt[1:]]
+    assert pieces[0] == "\u2581question:" and pieces[-1] == "\u2581answer:"
+    assert tok.decode(prompt) == "question: what color is the circle? answer:"
+    # a word that merely starts like a prompt word is not cut into the reserved piece
+    assert "\u2581question:" not in tok.sp.encode("questions: none", out_type=str)

@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards import ReadCounters, Sample, ShardRef, iter_shard
+from shards.answers import normalize_answer
 from training import augment
 from training.config import AugmentConfig, DataConfig
 
@@ -74,7 +75,11 @@ def check_enough_shards(num_shards: int, *, world_size: int, readers_per_rank: i
 
 
 def most_common_answer(answers: list) -> str | None:
-    answers = [str(a) for a in answers if str(a).strip()]
+    """The VQA target of a question: its most common answer once normalised into the benchmark's answer space
+    (`shards.answers.normalize_answer`: "Yes." -> "yes", "Two." -> "2"), which is what VQAv2 scoring compares
+    against. The shard keeps the raw answers."""
+    answers = [normalize_answer(str(a)) for a in answers]
+    answers = [a for a in answers if a.strip()]
     if not answers:
         return None
     counts = Counter(answers)

@@ -61,6 +61,7 @@ class Scene:
     text: str | None = None
     text_color: str = "white"
     texture_seed: int = 0  # seeds the soft light/shade field laid over the gradient
+    style: str = "random"  # "random" (random_scene) | "simple" (simple_scene): which words describe it
 
 
 def random_size(rng: random.Random, *, min_side: int = 64, max_side: int = 640,
@@ -89,6 +90,34 @@ def random_scene(rng: random.Random, *, width: int, height: int) -> Scene:
     text = rng.choice(WORDS) if rng.random() < 0.6 else None
     return Scene(width, height, bg, rng.choice(["vertical", "horizontal", "diagonal"]), shapes, text,
                  rng.choice(["white", "black", "yellow"]), rng.getrandbits(32))
+
+
+# The demo world (`simple_scene`): few, saturated colours on dark/light grounds and three shapes that stay
+# tellable apart at the 32 px the tiny model sees (no square/rectangle or circle/ellipse pairs).
+SIMPLE_COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
+SIMPLE_GROUNDS = ("white", "gray", "black")
+SIMPLE_SHAPES = ("circle", "square", "triangle")
+
+
+def simple_scene(rng: random.Random, *, side: int) -> Scene:
+    """A square picture of one or two large shapes, side by side, wholly inside the frame: what a small
+    model can learn to describe and answer questions about in minutes. The textured two-tone ground keeps
+    perceptual hashes of different pictures apart, like `random_scene`'s."""
+    n = 1 if rng.random() < 0.5 else 2
+    shapes = []
+    for i in range(n):
+        size = rng.uniform(0.38, 0.44) if n == 2 else rng.uniform(0.45, 0.6)
+        if n == 1:
+            cx = rng.uniform(0.5 - (0.5 - size / 2) * 0.5, 0.5 + (0.5 - size / 2) * 0.5)
+        else:   # left half, then right half: the two never overlap
+            cx = (0.26 if i == 0 else 0.74) + rng.uniform(-0.015, 0.015)
+        cy = rng.uniform(0.5 - (0.5 - size / 2) * 0.6, 0.5 + (0.5 - size / 2) * 0.6)
+        used = [sh.color for sh in shapes]
+        color = rng.choice([c for c in SIMPLE_COLORS if c not in used])
+        shapes.append(Shape(rng.choice(SIMPLE_SHAPES), color, (cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2)))
+    ground = tuple(rng.sample(SIMPLE_GROUNDS, 2))
+    return Scene(side, side, ground, rng.choice(["vertical", "horizontal", "diagonal"]), shapes, None,
+                 "white", rng.getrandbits(32), style="simple")
 
 
 @functools.lru_cache(maxsize=32)

@@ -98,7 +98,11 @@ from curation.synthetic import images as im
 from curation.synthetic.server import FAULT_KINDS
 from shards import fsutil
 
-SCALES: dict[str, int] = {"tiny": 56, "small": 120}
+SCALES: dict[str, int] = {"tiny": 56, "small": 120, "demo": 400}
+# The demo world (`make_sources(scale="demo")`): every picture a `simple_scene`, and DEMO_LEARN_IMAGES more
+# COCO train2017 pictures, each also in Visual Genome (linked by coco_id) with questions about it, so that a
+# tiny model learns to caption and answer in the demo's few minutes. The planted curation cases stay.
+DEMO_LEARN_IMAGES = 800
 TSV_FILES = {"cc3m": "Train_GCC-training.tsv", "cc12m": "cc12m.tsv"}
 BOILERPLATE = (
     "stock photo of an abstract background",
@@ -167,24 +171,37 @@ def make_sources(root: Path, *, seed: int = 0, scale: str | int = "small", base_
     if isinstance(scale, str):
         if scale not in SCALES:
             raise ValueError(f"make_sources: scale must be one of {sorted(SCALES)} or an int, got {scale!r}")
+        if scale == "demo":
+            return build_sources(root, base_url=base_url, seed=seed, n_images=SCALES[scale], max_side=160,
+                                 style="simple", learn_images=DEMO_LEARN_IMAGES)
         return build_sources(root, base_url=base_url, seed=seed, n_images=SCALES[scale],
                              max_side=320 if scale == "tiny" else 640)
     return build_sources(root, base_url=base_url, seed=seed, n_images=int(scale))
 
 
 def build_sources(root: Path, *, base_url: str, seed: int = 0, n_images: int = 120,
-                  max_side: int = 640) -> SourcesInfo:
+                  max_side: int = 640, style: str = "random", learn_images: int = 0) -> SourcesInfo:
     """Write every source file, the served images and ground_truth.json under `root` (see module doc).
 
     `n_images` is the number of distinct rendered pictures (>= `min_images()`); the same seed, base_url,
-    n_images and max_side give byte-identical files.
+    n_images, max_side, style and learn_images give byte-identical files. style="simple" draws every
+    picture with `images.simple_scene` (square, one or two plain shapes) and describes it with few
+    templates; `learn_images` more pictures are added as COCO train2017 images with five captions, each
+    linked from a Visual Genome image (coco_id) that asks every question of `_qas` about it, answered
+    Visual-Genome-style ("Yes.", "Two."). Those extra pictures are not counted in n_images.
     """
+    if style not in ("random", "simple"):
+        raise ValueError(f"build_sources: style must be 'random' or 'simple', got {style!r}")
+    if learn_images < 0:
+        raise ValueError(f"build_sources: learn_images must be >= 0, got {learn_images}")
     if not base_url.startswith(("http://", "https://")):
         raise ValueError(f"build_sources: base_url must start with http:// or https://, got {base_url!r}")
     if not 160 <= max_side <= 4096:
         raise ValueError(f"build_sources: max_side must be in [160, 4096], got {max_side}")
     plan = _Plan.for_images(n_images)
-    return _Builder(Path(root), base_url.rstrip("/"), seed, n_images, max_side, plan).build()
+    builder = _Builder(Path(root), base_url.rstrip("/"), seed, n_images, max_side, plan)
+    builder.style, builder.learn_images = style, learn_images
+    return builder.build()
 
 
 def min_images() -> int:
@@ -263,8 +280,22 @@ def _a(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
+def _simple_captions(scene: im.Scene) -> list[str]:
+    """Descriptions of a `simple_scene`: six templates naming each shape by colour and kind."""
+    things = [_a(_sp(s)) for s in scene.shapes]
+    if len(things) == 1:
+        t = things[0]
+        return [t, f"{t} on a plain background", f"a picture of {t}", f"a drawing of {t}", f"a single {_sp(scene.shapes[0])}",
+                f"a simple picture of {t}"]
+    a, b = things
+    return [f"{a} and {b}", f"{a} next to {b}", f"a picture of {a} and {b}", f"a drawing of {a} and {b}",
+            f"two shapes {a} and {b}", f"a simple picture of {a} and {b}"]
+
+
 def _captions(scene: im.Scene) -> list[str]:
     """Lower-case, unpunctuated descriptions of the scene; at least 6 distinct ones."""
+    if scene.style == "simple":
+        return _simple_captions(scene)
     s0 = scene.shapes[0]
     b0, b1 = scene.background
     n = len(scene.shapes)
@@ -303,8 +334,47 @@ def _recase(caption: str, rng: random.Random) -> str:
     return rng.choice(options)
 
 
+def _simple_qas(scene: im.Scene, rng: random.Random) -> list[dict]:
+    """Questions about a `simple_scene`, every answer plainly visible: colour of a shape, shape of a colour,
+    how many shapes, and whether a shape kind is there (yes and no equally often)."""
+    kinds = [s.kind for s in scene.shapes]
+    out = []
+    unique = [s for s in scene.shapes if kinds.count(s.kind) == 1]
+    if unique:
+        s = rng.choice(unique)
+        out.append({"question": f"What color is the {s.kind}?", "answer": s.color, "answer_type": "other",
+                    "question_type": "what color is the",
+                    "alternatives": rng.sample([c for c in im.SIMPLE_COLORS if c != s.color], 2)})
+    s = rng.choice(scene.shapes)
+    out.append({"question": f"What shape is the {s.color} one?", "answer": s.kind, "answer_type": "other",
+                "question_type": "what shape is the",
+                "alternatives": [k for k in im.SIMPLE_SHAPES if k != s.kind]})
+    n = len(scene.shapes)
+    out.append({"question": "How many shapes are there?", "answer": str(n), "answer_type": "number",
+                "question_type": "how many", "alternatives": [str(n + 1), str(max(0, n - 1))]})
+    absent = [k for k in im.SIMPLE_SHAPES if k not in kinds]
+    kind = rng.choice(absent) if absent and rng.random() < 0.5 else rng.choice(kinds)
+    yes = "yes" if kind in kinds else "no"
+    out.append({"question": f"Is there {_a(kind)} in the picture?", "answer": yes, "answer_type": "yes/no",
+                "question_type": "is there a", "alternatives": ["no" if yes == "yes" else "yes"]})
+    return out
+
+
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
+
+
+def _vg_answer(qa: dict, style: str) -> str:
+    """How a Visual Genome annotator writes the answer: capitalised, with a full stop ("Yes.", "Two.")."""
+    answer = qa["answer"]
+    if style == "simple" and qa["answer_type"] == "number" and answer.isdigit() and int(answer) < len(_NUMBER_WORDS):
+        answer = _NUMBER_WORDS[int(answer)]
+    return answer.capitalize() + "."
+
+
 def _qas(scene: im.Scene, rng: random.Random) -> list[dict]:
     """[{question, answer, answer_type, question_type, alternatives}] about what is drawn."""
+    if scene.style == "simple":
+        return _simple_qas(scene, rng)
     kinds = [s.kind for s in scene.shapes]
     out = []
     unique = [s for s in scene.shapes if kinds.count(s.kind) == 1]
@@ -354,11 +424,17 @@ class _Builder:
         self.bad_captions: list[dict] = []
         self.bad_images: list[dict] = []
         self.boilerplate: dict[str, list] = {}
+        self.style = "random"
+        self.learn_images = 0
 
     # -- pictures and files ----------------------------------------------------------------------------
     def picture(self, *, min_side: int = 64) -> int:
-        w, h = im.random_size(self.rng, min_side=min_side, max_side=self.max_side)
-        scene = im.random_scene(self.rng, width=w, height=h)
+        if self.style == "simple":
+            side = self.rng.randint(max(min_side, 112), max(min_side, self.max_side))
+            scene = im.simple_scene(self.rng, side=side)
+        else:
+            w, h = im.random_size(self.rng, min_side=min_side, max_side=self.max_side)
+            scene = im.random_scene(self.rng, width=w, height=h)
         self.pictures.append((scene, im.render_scene(scene)))
         return len(self.pictures) - 1
 
@@ -412,7 +488,10 @@ class _Builder:
         big = 160  # near-duplicate bases stay large enough that their resized copy keeps sides >= 64
 
         # COCO pictures and their Karpathy splits ------------------------------------------------------
-        cocoids = rng.sample(range(9, 581930), p.kar_test + p.kar_val + p.kar_restval + p.kar_train)
+        n_kar = p.kar_test + p.kar_val + p.kar_restval + p.kar_train
+        cocoids = rng.sample(range(9, 581930), n_kar + self.learn_images)
+        learn_ids = sorted(cocoids[n_kar:])   # the extra COCO + Visual Genome pictures (learn_images)
+        cocoids = cocoids[:n_kar]
         kar = []  # (cocoid, pid, split)
         for split, k in (("test", p.kar_test), ("val", p.kar_val), ("restval", p.kar_restval), ("train", p.kar_train)):
             for _ in range(k):
@@ -427,10 +506,11 @@ class _Builder:
         tr_cc = train[p.vg_link_train:p.vg_link_train + p.cc_coco_variant]
         tr_exact = train[p.vg_link_train + p.cc_coco_variant]
         vqa = test[:p.vqa_test] + val[:p.vqa_val] + [r_vqa]
-        coco_train2017 = sorted(train + restval + [t_leak, v_leak])
+        learn = [(cocoid, self.picture(min_side=big), "learn") for cocoid in learn_ids]
+        coco_train2017 = sorted(train + restval + [t_leak, v_leak] + learn)
 
         captions5 = {}
-        for cocoid, pid, _ in kar:
+        for cocoid, pid, _ in kar + learn:
             caps = _captions(self.pictures[pid][0])
             rng.shuffle(caps)
             captions5[cocoid] = [_sentence(c) for c in caps[:5]]
@@ -444,6 +524,7 @@ class _Builder:
         vg_entries += [(pid, "original", None) for pid in vg_own]
         vg_entries += [(pid, "resize", cocoid) for cocoid, pid, _ in tr_vg + [t_vglink, v_vglink]]
         vg_entries.append((t_vgpix[1], "crop", None))
+        vg_entries += [(pid, "original", cocoid) for cocoid, pid, _ in learn]
         rng.shuffle(vg_entries)
         self.write_vg(vg_entries)
 
@@ -548,7 +629,7 @@ class _Builder:
             self.row(src, self.caption_for(src, pid), img, expect=expect, tag=f"fault:{kind}")
 
         self.malformed_rows()
-        if len(self.pictures) != self.n_images:
+        if len(self.pictures) != self.n_images + self.learn_images:
             raise AssertionError(f"rendered {len(self.pictures)} pictures, planned {self.n_images}")
         self.write_tsvs()
         return self.finish(kar, vqa)
@@ -707,11 +788,16 @@ class _Builder:
                 region_id += 1
             regions_doc.append({"regions": regions, "id": image_id})
             qas = []
-            if image_id % 5:  # some real VG images have no QA at all
-                for qa in _qas(scene, self.rng)[: self.rng.randint(1, 3)]:
-                    qas.append({"a_objects": [], "question": qa["question"], "image_id": image_id, "qa_id": qa_id,
-                                "answer": qa["answer"].capitalize() + ".", "q_objects": []})
-                    qa_id += 1
+            if self.style == "simple":   # the demo world: every question about every picture
+                chosen = _qas(scene, self.rng)
+            elif image_id % 5:  # some real VG images have no QA at all
+                chosen = _qas(scene, self.rng)[: self.rng.randint(1, 3)]
+            else:
+                chosen = []
+            for qa in chosen:
+                qas.append({"a_objects": [], "question": qa["question"], "image_id": image_id, "qa_id": qa_id,
+                            "answer": _vg_answer(qa, self.style), "q_objects": []})
+                qa_id += 1
             qa_doc.append({"id": image_id, "qas": qas})
             self.items.append({"ref": f"vg:{image_id}", "dataset": "vg", "id": str(image_id), **img,
                                "split": None, "expect": "keep", "coco_id": coco_id})

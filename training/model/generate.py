@@ -93,7 +93,8 @@ def generate(
 
     Decoding stops at EOS, after max_new_tokens, or when the sequence reaches cfg.max_len. Beam search ranks
     finished hypotheses by sum log-prob / (number of generated tokens incl. EOS) ** length_penalty and stops
-    for an image once beam_size hypotheses have finished. no_repeat_ngram_size > 0 forbids repeating any
+    for an image once beam_size hypotheses have finished and no live beam, normalised at its current length,
+    scores above the beam_size-th best of them. no_repeat_ngram_size > 0 forbids repeating any
     n-gram of the generated text (the prompt is exempt, so an answer may reuse the question's words)."""
     B = len(prompt_ids)
     if B == 0:
@@ -199,7 +200,15 @@ def _beam(
                 new_hyps[b * K + n] = hyps[row] + [tok]
                 n += 1
             if len(finished[b]) >= K:
-                done[b] = True
+                # Done only when no live beam can still win (the usual beam-search test, as in Hugging Face's
+                # default: a live beam's score normalised at its current length against the K-th best finished
+                # one). Stopping at the first K finished hypotheses would let low-probability beams that
+                # happen to end early (a stray EOS after one piece) end the search before the best beam has
+                # finished, and return their truncated text.
+                kth = sorted((f[0] for f in finished[b]), reverse=True)[K - 1]
+                live = [normalised(float(new_scores[b, m]), len(new_hyps[b * K + m])) for m in range(n)]
+                if not live or max(live) <= kth:
+                    done[b] = True
         if all(done):
             break
         decoder.reorder(torch.tensor(source, device=device))
