@@ -26,6 +26,11 @@ once, materialised per task as Beam's runners do), ``Create``/``Reshuffle``/``Gr
 computed. Stateful DoFns, timers, splittable DoFns and unbounded sources are refused with a message naming
 the transform. Windowing is Beam's DaskRunner's: global windows only (all `curate run` uses).
 
+Memory per task: one partition of the input (a bundle) and everything its DoFn emits for it are held at
+once, plus each side input whole (as on every Beam runner); with ``P`` partitions a step's partition is
+1/P of its PCollection, so ``--dask_npartitions`` must grow with the corpus (a few thousand elements per
+partition). The tasks-based shuffle of ``GroupByKey`` moves each element through O(log P) intermediate tasks.
+
 `curate run` uses it whenever ``--runner`` names Beam's DaskRunner; it can also be named directly:
 ``--runner=curation.dask_runner.DaskRunner --dask_client_address=tcp://scheduler:8786``.
 """

@@ -125,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         with beam.Pipeline(runner=runners.make_runner(runner_args), options=options) as p:
             build_pipeline(p, cfg, cache_dir=cache_dir, progress_dir=progress_dir)
+    except FileNotFoundError as err:     # a source named in the config, found missing while planning reads
+        print(f"curate run: {err}", file=sys.stderr)
+        return 2
     except Exception as err:
         missing = MissingEvalImage.find(err)
         if missing is None:

@@ -28,7 +28,7 @@ def test_ranges_cover_every_line_once(tmp_path, split_bytes, ending, final_newli
     path = tmp_path / "rows.tsv"
     path.write_bytes(data)
     splits = plan_splits(str(path), split_bytes)
-    assert len(splits) == max(1, -(-len(data) // split_bytes)) if len(data) > split_bytes else len(splits) == 1
+    assert len(splits) == (-(-len(data) // split_bytes) if len(data) > split_bytes else 1)
     got = [line for s in splits for line in read_split(s)]
     want = lines if final_newline or lines[-1] else lines[:-1]   # an empty last line without its newline is no line
     assert got == want

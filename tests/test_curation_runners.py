@@ -1,0 +1,78 @@
+"""Which runners may read local paths, checked before anything runs; a missing eval image stops the run."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import tomli_w
+from PIL import Image
+
+from curation import run_cmd, runners
+from curation.config import from_dict
+
+DATAFLOW = ["--runner=DataflowRunner", "--project=p", "--region=r"]
+
+
+def _cfg(tmp_path, **extra) -> dict:
+    tsv = tmp_path / "cc3m.tsv"
+    tsv.write_bytes(b"a photo of a cat\thttp://169.254.169.254/cat.jpg\n")
+    return {"output": str(tmp_path / "out"), "sources": [{"kind": "cc3m", "path": str(tsv)}],
+            "progress_seconds": 0, "report": False, **extra}
+
+
+@pytest.mark.parametrize("args, local", [
+    ([], True),
+    (["--runner=DirectRunner", "--direct_running_mode=multi_processing"], True),
+    (["--runner=PrismRunner", "--environment_type=LOOPBACK"], True),
+    (["--runner=PrismRunner", "--environment_type=DOCKER"], False),
+    (["--runner=apache_beam.runners.dask.dask_runner.DaskRunner"], True),            # a LocalCluster
+    (["--runner=DaskRunner", "--dask_client_address=tcp://127.0.0.1:8786"], True),
+    (["--runner=DaskRunner", "--dask_client_address", "localhost:8786"], True),
+    (["--runner=DaskRunner", "--dask_client_address=tcp://10.0.0.7:8786"], False),
+    (["--runner=DaskRunner", "--dask_scheduler_file=/shared/sched.json"], False),
+    (DATAFLOW, False),
+    (["--runner=FlinkRunner", "--flink_master=host:8081"], False),
+    (["--runner=SparkRunner", "--spark_master_url=spark://host:7077"], False),
+])
+def test_which_runners_are_local(args, local):
+    assert runners.is_local(args) is local
+
+
+def test_remote_runner_refuses_local_paths_at_start(tmp_path, capsys):
+    data = _cfg(tmp_path)
+    path = tmp_path / "run.toml"
+    path.write_text(tomli_w.dumps(data))
+    assert run_cmd.main(["--config", str(path), "--", *DATAFLOW]) == 2
+    err = capsys.readouterr().err
+    assert "DataflowRunner" in err and f"output = {data['output']!r}" in err and "sources.0.path" in err
+    assert "shared_filesystem" in err
+    assert not (tmp_path / "out").exists()          # refused before anything was written
+    # URLs pass; so do local paths declared shared
+    remote = {**data, "output": "gs://bucket/out", "sources": [{"kind": "cc3m", "path": "gs://bucket/cc3m.tsv"}]}
+    runners.check_paths(from_dict(remote), DATAFLOW)
+    runners.check_paths(from_dict({**data, "shared_filesystem": True}), DATAFLOW)
+    with pytest.raises(ValueError, match="eval_sets.0.images"):
+        runners.check_paths(from_dict({**remote, "eval_sets": [
+            {"kind": "coco-karpathy", "path": "gs://b/dataset_coco.json", "images": str(tmp_path)}]}), DATAFLOW)
+
+
+def test_missing_eval_image_fails_the_run_naming_set_and_image(tmp_path, capsys):
+    images = tmp_path / "coco"
+    (images / "val2014").mkdir(parents=True)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, "JPEG")
+    (images / "val2014" / "present.jpg").write_bytes(buf.getvalue())
+    karpathy = tmp_path / "dataset_coco.json"
+    karpathy.write_text(json.dumps({"images": [
+        {"filepath": "val2014", "filename": "present.jpg", "cocoid": 1, "split": "test", "sentences": [{"raw": "red"}]},
+        {"filepath": "val2014", "filename": "gone.jpg", "cocoid": 2, "split": "test", "sentences": [{"raw": "x"}]}]}))
+    data = _cfg(tmp_path, eval_sets=[{"kind": "coco-karpathy", "path": str(karpathy), "images": str(images),
+                                      "splits": ["test"]}])
+    path = tmp_path / "run.toml"
+    path.write_text(tomli_w.dumps(data))
+    assert run_cmd.main(["--config", str(path), "--", "--runner=DirectRunner", "--direct_running_mode=in_memory"]) == 1
+    err = capsys.readouterr().err
+    assert f"eval set 'coco-karpathy-test' names image {images / 'val2014' / 'gone.jpg'}, which does not exist" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()
