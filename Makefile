@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt .ci/setup-system.sh .ci/build-pillow-si
 	bash .ci/setup-system.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,dask]'
 	bash .ci/build-pillow-simd.sh $(PY)
 	bash .ci/fetch-java-deps.sh $(PY)
 	$(PY) -m curation.portable_runner install
