@@ -46,8 +46,13 @@ class DataConfig:
     include_captions: bool = True     # one sample per caption of each image
     include_qa: bool = True           # one sample per QA pair of each image
     prefetch_factor: int = 2
+    # streams of the world-size-independent data order (training.data), fixed for a run at its first start;
+    # 0 = world size x max(1, num_workers) then. To resume on other world sizes pick a multiple of each
+    # world size x workers that divides batch.global_batch (e.g. 512 for 32..128 GPUs x 4 workers, batch 2048)
+    streams: int = 0
 
     def __post_init__(self):
+        _check(self.streams >= 0, "data.streams", f"must be >= 0, got {self.streams}")
         _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
         _check(self.shuffle_buffer >= 1, "data.shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
         _check(8 <= self.max_tokens <= 4096, "data.max_tokens", f"must be in [8, 4096], got {self.max_tokens}")
@@ -129,12 +134,18 @@ class TrainConfig:
     stop_at_step: int = 0             # stop early (checkpointing) without changing the schedule; 0 = run to the end
     find_unused_parameters: bool = False
     max_skipped_steps: int = 100      # abort when this many steps had a non-finite loss or gradient
+    device: str = "auto"              # "auto" (one GPU per process when CUDA exists, else CPU) | "cpu" | "cuda"
+    # collectives wait this long before failing: a resume seeks instead of replaying data, so the longest
+    # legitimate wait is a checkpoint write or the first batch; the NCCL default (10 min) can be too short
+    pg_timeout_s: float = 1800.0
 
     def __post_init__(self):
         _check(self.precision in PRECISIONS, "train.precision", f"got {self.precision!r}, allowed {PRECISIONS}")
         _check(self.parallel in PARALLELS, "train.parallel", f"got {self.parallel!r}, allowed {PARALLELS}")
         _check(self.clip_norm >= 0, "train.clip_norm", "must be >= 0")
         _check(self.stop_at_step >= 0, "train.stop_at_step", "must be >= 0")
+        _check(self.device in ("auto", "cpu", "cuda"), "train.device", f"got {self.device!r}, allowed auto|cpu|cuda")
+        _check(self.pg_timeout_s > 0, "train.pg_timeout_s", f"must be > 0, got {self.pg_timeout_s}")
 
 
 @dataclass(kw_only=True)
@@ -142,6 +153,7 @@ class CheckpointConfig:
     every_steps: int = 1000
     keep_last: int = 3
     resume: str = "auto"              # "auto" (latest in run_dir if any) | "none" | path to a step dir
+    async_save: bool = False          # write in a background thread; the step dir appears when all ranks finished
 
     def __post_init__(self):
         _check(self.every_steps >= 1, "checkpoint.every_steps", f"must be >= 1, got {self.every_steps}")
@@ -153,6 +165,8 @@ class LoggingConfig:
     every_steps: int = 10             # JSON lines and TensorBoard are written every step; this paces the console
     tensorboard: bool = True
     progress: bool = True             # rank-0 progress bar with ETA on stderr
+    sample_keys: bool = False         # each rank appends the keys (and texts) it trained on per step to
+                                      # RUN/samples/rank_XXXXX.jsonl: an audit of the data order across resumes
 
     def __post_init__(self):
         _check(self.every_steps >= 1, "logging.every_steps", "must be >= 1")
