@@ -1,5 +1,6 @@
 """The loader: sharding without overlap, exact positions, expansion, flips, corrupt data, fast decode."""
 import io
+import json
 import random
 import tarfile
 from pathlib import Path
@@ -9,7 +10,7 @@ import torch
 from PIL import Image
 
 from training.augment import decode_and_crop, jitter_flip_normalise, swap_left_right
-from training.data import Loader, ShardStream, StreamSpec, check_enough_shards, reader_shards
+from training.data import Loader, ShardStream, StreamSpec, check_enough_shards, start_position, stream_shards
 from training.testing import make_corpus, make_jpeg, make_samples, train_tokenizer
 
 
@@ -29,14 +30,14 @@ def spec(shards, tok, **kw):
 
 
 def epoch_items(s: StreamSpec, reader_local=0, epoch=0):
-    """(text, image key) of each sample of one epoch of one reader, in order."""
-    stream = ShardStream(s, positions=[(epoch, 0)] * s.readers_per_rank)
+    """(text, image key) of each sample of one epoch of one of the rank's streams, in order."""
+    stream = ShardStream(s)
     out, counts = [], {}
-    for sample, ep, _, counters in stream.reader_stream(reader_local):
-        if ep != epoch:
+    for sample, pos in stream.stream_samples(s.rank_streams()[reader_local], {**start_position(), "epoch": epoch}):
+        if pos["epoch"] != epoch:
             break
         out.append((sample["text"], sample["key"]))
-        counts = dict(counters)
+        counts = dict(pos["skipped"])
     return out, counts
 
 
@@ -79,8 +80,8 @@ def test_rows_of_one_image_share_an_image_id(corpus):
 
 def test_readers_split_shards_and_samples_without_overlap(corpus):
     shards, tok = corpus
-    parts = [reader_shards(shards, seed=3, epoch=0, reader=r, num_readers=4) for r in range(4)]
-    assert sorted(p for part in parts for p in part) == sorted(shards)
+    parts = [stream_shards(len(shards), seed=3, epoch=0, stream=r, num_streams=4) for r in range(4)]
+    assert sorted(p for part in parts for p in part) == list(range(len(shards)))
     ranks = [epoch_items(spec(shards, tok, rank=r, world_size=2, hflip=0.0))[0] for r in range(2)]
     assert len(ranks[0]) + len(ranks[1]) == 4 * 6 * 3
     keys = [{k for _, k in items} for items in ranks]
@@ -100,28 +101,32 @@ def test_order_is_deterministic_per_seed_and_epoch(corpus):
     assert a != d
 
 
-def test_loader_resume_with_two_workers_is_exact(corpus):
+def test_loader_resume_with_two_workers_is_exact_and_also_with_one(corpus):
     shards, tok = corpus
-    s = spec(shards, tok, readers_per_rank=2, micro_batch=5)
+    s = spec(shards, tok, readers_per_rank=2, micro_batch=4)            # 2 streams x 2 samples per batch
     straight = Loader(s, num_workers=2)
-    first = [next(straight) for _ in range(7)]
+    first = [next(straight) for _ in range(12)]
     state = straight.state_dict()
-    rest = [next(straight) for _ in range(5)]
-    # positions cross an epoch boundary: 2 readers x 36 samples, 35 consumed
-    assert state["next_reader"] == 1 and len(state["positions"]) == 2
-    resumed = Loader(s, num_workers=2, state=state)
-    again = [next(resumed) for _ in range(5)]
-    for x, y in zip(rest, again):
-        assert torch.equal(x["image"], y["image"]) and torch.equal(x["input_ids"], y["input_ids"])
-        assert torch.equal(x["jitter"], y["jitter"]) and x["text"] == y["text"]
-    assert len({tuple(b["text"]) for b in first + rest}) == 12
-    with pytest.raises(ValueError, match="same data.num_workers"):
-        Loader(s, num_workers=2, state={"positions": [[0, 0]], "next_reader": 0})
+    rest = [next(straight) for _ in range(10)]
+    # 2 streams x 36 samples per epoch: 24 consumed at the checkpoint, the rest crosses into epoch 1
+    assert state["num_streams"] == 2 and [p["epoch"] for p in state["streams"].values()] == [0, 0]
+    assert [p["epoch"] for p in straight.state_dict()["streams"].values()] == [1, 1]
+    # the same streams read by one worker in the main process give the same batches
+    for resumed in (Loader(s, num_workers=2, state=state),
+                    Loader(spec(shards, tok, readers_per_rank=1, streams=2, micro_batch=4), num_workers=0,
+                           state=json.loads(json.dumps(state)))):
+        again = [next(resumed) for _ in range(10)]
+        for x, y in zip(rest, again):
+            assert torch.equal(x["image"], y["image"]) and torch.equal(x["input_ids"], y["input_ids"])
+            assert torch.equal(x["jitter"], y["jitter"]) and x["text"] == y["text"]
+    assert len({tuple(b["text"]) for b in first + rest}) == 22
+    with pytest.raises(ValueError, match="data.streams=3"):
+        Loader(s, num_workers=2, state={"num_streams": 3, "streams": {}})
 
 
 def test_fewer_shards_than_readers_is_an_error_before_starting(corpus):
     shards, tok = corpus
-    with pytest.raises(ValueError, match="4 shard\\(s\\) for 6 readers"):
+    with pytest.raises(ValueError, match="4 shard\\(s\\) for 6 streams"):
         Loader(spec(shards, tok, world_size=3, readers_per_rank=2), num_workers=2)
     check_enough_shards(4, world_size=2, readers_per_rank=2)
 
