@@ -221,10 +221,12 @@ class Checkpointer:
                 shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
             atomic_write_bytes(str(tmp / "config.json"), json.dumps(config, indent=1, sort_keys=True).encode())
         writer = dcp.FileSystemWriter(str(tmp / "state"))
+        single = not (dist.is_available() and dist.is_initialized())
         if self.async_save:
-            self._pending = (dcp.async_save(sd, storage_writer=writer, process_group=self._group), tmp, final)
+            self._pending = (dcp.async_save(sd, storage_writer=writer, process_group=self._group, no_dist=single),
+                             tmp, final)
         else:
-            dcp.save(sd, storage_writer=writer)
+            dcp.save(sd, storage_writer=writer, no_dist=single)
             self._finish(tmp, final)
         return final
 
