@@ -87,7 +87,7 @@ def run_ours(paths: list[str], batch: int, *, fast_decode: bool, size: int = 224
     spec = StreamSpec(shards=paths, stage="mae", seed=0, rank=0, world_size=1, readers_per_rank=1,
                       micro_batch=batch, image_size=size, max_tokens=77, shuffle_buffer=1, train=True,
                       fast_decode=fast_decode)
-    stream = ShardStream(spec, positions=[(0, 0)])
+    stream = ShardStream(spec)
     total = sum(1 for _ in _one_epoch_len(paths))
     n, t0 = 0, time.perf_counter()
     for b in stream:
