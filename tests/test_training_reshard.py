@@ -110,9 +110,10 @@ def fsdp_load_main(step_dir: str, out_dir: str, *sets: str) -> None:
     opt = build_optimizer(model, cfg.optim, fused=False)
     state, data = ckpt_lib.load(step_dir, model=model, optimizer=opt, seed=cfg.seed)
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(model, options=full)
-    moments = {f"{k}.exp_avg": v["exp_avg"] for k, v in get_optimizer_state_dict(model, opt, options=full)["state"].items()}
+    weights = get_model_state_dict(model, options=full)          # collective; full tensors on rank 0 only
+    optim = get_optimizer_state_dict(model, opt, options=full)
     if rank == 0:
+        moments = {f"{k}.exp_avg": v["exp_avg"] for k, v in optim["state"].items()}
         save_file({k: v.contiguous() for k, v in {**weights, **moments}.items()}, str(Path(out_dir) / "fsdp4.safetensors"))
         (Path(out_dir) / "fsdp4.json").write_text(json.dumps({"step": state["step"], "streams": sorted(data["streams"])}))
     dist.destroy_process_group()
