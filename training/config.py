@@ -41,7 +41,7 @@ class ModelSection:
 class DataConfig:
     shards: str = ""                  # dir | manifest.json | brace pattern (shards.resolve_shards)
     num_workers: int = 2              # DataLoader worker processes per rank (0 = in the main process)
-    shuffle_buffer: int = 1000        # samples held by each reader for shuffling
+    shuffle_buffer: int = 1000        # tar samples per shuffle window within a shard (one window per stream in memory)
     max_tokens: int = 77
     include_captions: bool = True     # one sample per caption of each image
     include_qa: bool = True           # one sample per QA pair of each image
