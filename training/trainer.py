@@ -318,7 +318,7 @@ def _run(cfg: RunConfig, rank: int, world: int, device: torch.device, resolve_sh
             wait += time.perf_counter() - t
             micro_batches.append(to_device(batch, device, cfg))
             if cfg.logging.sample_keys:
-                consumed += [[k, t] for k, t in zip(batch["key"], batch.get("text") or [""] * len(batch["key"]))]
+                consumed += [[k, txt] for k, txt in zip(batch["key"], batch.get("text") or [""] * len(batch["key"]))]
         if cfg.logging.sample_keys:
             _append_sample_keys(run_dir, rank, step + 1, consumed)
         result = train_step(model, optimizer, micro_batches, lr=lr_at(step, cfg.optim.lr, cfg.schedule),
