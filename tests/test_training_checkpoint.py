@@ -24,7 +24,7 @@ def trained_model(seed=0):
 
 
 def save_args():
-    return dict(train_state={"skipped_steps": 0}, data_state={"num_streams": 1, "streams": {"0": {"epoch": 0}}},
+    return dict(train_state={"skipped_steps": 0}, data_state={"num_streams": 1, "num_shards": 1, "streams": {"0": {"epoch": 0}}},
                 config={"stage": "fusion"})
 
 

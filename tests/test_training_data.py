@@ -122,6 +122,8 @@ def test_loader_resume_with_two_workers_is_exact_and_also_with_one(corpus):
     assert len({tuple(b["text"]) for b in first + rest}) == 22
     with pytest.raises(ValueError, match="data.streams=3"):
         Loader(s, num_workers=2, state={"num_streams": 3, "streams": {}})
+    with pytest.raises(ValueError, match="same data.shuffle_buffer"):
+        Loader(spec(shards, tok, readers_per_rank=2, micro_batch=4, shuffle_buffer=3), num_workers=2, state=state)
 
 
 def test_fewer_shards_than_readers_is_an_error_before_starting(corpus):

@@ -456,13 +456,21 @@ class Loader:
         """This rank's streams' positions (JSON-ready); merge all ranks' with `merge_states`."""
         if self._pending:
             raise RuntimeError("loader state asked for in the middle of an optimizer step")
-        return {"num_streams": self.spec.num_streams, "streams": {str(v): p for v, p in self.positions.items()}}
+        return {"num_streams": self.spec.num_streams, "num_shards": len(self.spec.shards),
+                "shuffle_buffer": self.spec.shuffle_buffer,
+                "streams": {str(v): p for v, p in self.positions.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         """`state` holds positions of all streams of the run (any world size); this rank takes its own."""
         if int(state["num_streams"]) != self.spec.num_streams:
             raise ValueError(f"checkpoint's data position is for data.streams={state['num_streams']}, this run "
                              f"has {self.spec.num_streams}; a run's streams are fixed at its first start")
+        # positions index the epoch's shard order and the windows: both change with these
+        for key, have in (("num_shards", len(self.spec.shards)), ("shuffle_buffer", self.spec.shuffle_buffer)):
+            if key in state and int(state[key]) != have:
+                name = "the number of shards in data.shards" if key == "num_shards" else "data.shuffle_buffer"
+                raise ValueError(f"checkpoint's data position was taken with {key}={state[key]}, this run has "
+                                 f"{have}; resume with the same {name}")
         streams = {int(v): dict(p) for v, p in state["streams"].items()}
         missing = [v for v in self.positions if v not in streams]
         if missing:
@@ -472,7 +480,8 @@ class Loader:
 
 def merge_states(states: list[dict]) -> dict:
     """Per-rank loader states -> one state of the whole run."""
-    merged = {"num_streams": states[0]["num_streams"], "streams": {}}
+    merged = {k: v for k, v in states[0].items() if k != "streams"}
+    merged["streams"] = {}
     for st in states:
         merged["streams"].update(st["streams"])
     if len(merged["streams"]) != merged["num_streams"]:
