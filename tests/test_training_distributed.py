@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +152,7 @@ def test_non_finite_loss_skips_the_step_and_is_reported():
 
 def test_fusion_stage_under_fsdp_takes_the_same_steps_as_ddp(tmp_path):
     from curation.synthetic.corpus import make_shards, train_small_tokenizer
-    from training.checkpoint import list_checkpoints, load_for_inference
+    from training.checkpoint import list_checkpoints, load_for_inference, load_weights
     make_shards(tmp_path / "corpus", num_shards=2, per_shard=4)
     tok = train_small_tokenizer(tmp_path / "tok.model")
     runs = {}
@@ -164,13 +163,14 @@ def test_fusion_stage_under_fsdp_takes_the_same_steps_as_ddp(tmp_path):
         for s in (f"data.shards={tmp_path / 'corpus'}", f"init.tokenizer={tok}", f"run_dir={run_dir}",
                   f"train.parallel={parallel}", "schedule.total_steps=3", "schedule.warmup_steps=1",
                   "batch.global_batch=8", "checkpoint.every_steps=3", "data.num_workers=1",
-                  "data.shuffle_buffer=8", "logging.progress=false", "logging.tensorboard=false"):
+                  "data.shuffle_buffer=8", "logging.progress=false", "logging.tensorboard=false",
+                  "train.device=cpu"):
             cmd += ["--set", s]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         runs[parallel] = ([(r["loss"], r["grad_norm"]) for r in records if "loss" in r],
-                          load_file(str(list_checkpoints(run_dir)[-1] / "model.safetensors")))
+                          load_weights(list_checkpoints(run_dir)[-1]))
     (fsdp_steps, fsdp_w), (ddp_steps, ddp_w) = runs["fsdp"], runs["ddp"]
     assert len(fsdp_steps) == len(ddp_steps) == 3 and all(torch.isfinite(torch.tensor(fsdp_steps)).flatten())
     assert len({loss for loss, _ in fsdp_steps}) == 3             # the weights moved between steps

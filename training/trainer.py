@@ -31,18 +31,30 @@ log = logging.getLogger("training")
 
 
 # -- set-up pieces ------------------------------------------------------------------------------------
-def init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device). NCCL + one GPU per process when CUDA exists, else gloo on CPU."""
+def init_distributed(train=None) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). NCCL + one GPU per process when CUDA is used (plus gloo for CPU-side
+    collectives such as async checkpoint writes), else gloo on CPU. `train.device` picks; the process
+    group times out after `train.pg_timeout_s`."""
+    from datetime import timedelta
+    want = getattr(train, "device", "auto")
+    use_cuda = torch.cuda.is_available() and want != "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device = \"cuda\" but torch sees no CUDA device")
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return 0, 1, torch.device("cuda" if use_cuda else "cpu")
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
+    timeout = timedelta(seconds=getattr(train, "pg_timeout_s", 1800.0))
+    if use_cuda:
+        if local >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"local rank {local} needs GPU {local} but this node has {torch.cuda.device_count()}: start at most "
+                f"{torch.cuda.device_count()} process(es) per node, or set train.device = \"cpu\"")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("cpu:gloo,cuda:nccl", device_id=device, timeout=timeout)
     else:
         device = torch.device("cpu")
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout)
     return rank, world, device
 
 
@@ -146,11 +158,12 @@ def amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
 
 
 def make_stream(cfg: RunConfig, *, shards: list, rank: int, world: int, micro_batch: int, image_size: int,
-                train: bool = True) -> ShardStream:
-    """The run's data stream: its data and augment sections as they are, plus what the run derived."""
+                train: bool = True, streams: int = 0) -> ShardStream:
+    """The run's data stream: its data and augment sections as they are, plus what the run derived
+    (`streams`: V, 0 = world x loader workers; the eval stream is one ordered pass)."""
     return ShardStream(shards, data=cfg.data, augment=cfg.augment, stage=cfg.stage, seed=cfg.seed,
                        tokenizer=tokenizer_path(cfg), image_size=image_size, micro_batch=micro_batch,
-                       rank=rank, world_size=world, train=train)
+                       rank=rank, world_size=world, grad_accum=cfg.batch.grad_accum, streams=streams, train=train)
 
 
 def to_device(batch: dict, device: torch.device, cfg: RunConfig) -> dict:
@@ -210,7 +223,7 @@ def evaluate(model, cfg: RunConfig, *, shards: list, tokenizer, image_size: int,
 def run(cfg: RunConfig) -> dict:
     from shards import resolve
 
-    rank, world, device = init_distributed()
+    rank, world, device = init_distributed(cfg.train)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
     try:
@@ -224,7 +237,8 @@ def _run(cfg: RunConfig, rank: int, world: int, device: torch.device, resolve) -
     micro = micro_batch_for(cfg, world)
     accum = cfg.batch.grad_accum
     shards = resolve(cfg.data.shards)   # ShardRefs: the manifest's sizes and digests travel with them
-    check_enough_shards(len(shards), world_size=world, readers_per_rank=max(1, cfg.data.num_workers))
+    check_enough_shards(len(shards), world_size=world, readers_per_rank=max(1, cfg.data.num_workers),
+                        streams=cfg.data.streams)
     run_dir = Path(cfg.run_dir)
 
     seed_everything(cfg.seed)                      # identical initial weights on every rank
@@ -243,12 +257,20 @@ def _run(cfg: RunConfig, rank: int, world: int, device: torch.device, resolve) -
     elif cfg.checkpoint.resume != "none":
         resume_from = ckpt_lib.resolve(cfg.checkpoint.resume)
     if resume_from is not None:
-        train_state, rank_state = ckpt_lib.load(resume_from, model=model, optimizer=optimizer)
-        step, skipped_steps, data_state = train_state["step"], train_state["skipped_steps"], rank_state["data"]
-        log.info("resumed from %s at step %d", resume_from, step)
+        train_state, data_state = ckpt_lib.load(resume_from, model=model, optimizer=optimizer, seed=cfg.seed)
+        step, skipped_steps = train_state["step"], train_state["skipped_steps"]
+        log.info("resumed from %s at step %d (written by %d process(es), now %d)", resume_from, step,
+                 train_state["world_size"], world)
+    streams = cfg.data.streams or world * max(1, cfg.data.num_workers)
+    if data_state is not None:
+        if cfg.data.streams and cfg.data.streams != data_state["num_streams"]:
+            raise ValueError(f"data.streams={cfg.data.streams} but the checkpoint's run has "
+                             f"{data_state['num_streams']} streams; a run's streams are fixed at its first start "
+                             "(leave data.streams = 0 to take the checkpoint's)")
+        streams = int(data_state["num_streams"])
 
     loader = Loader(make_stream(cfg, shards=shards, rank=rank, world=world, micro_batch=micro,
-                                image_size=mcfg.image_size),
+                                image_size=mcfg.image_size, streams=streams),
                     pin_memory=device.type == "cuda", state=data_state)
     eval_shards = resolve(cfg.eval.shards) if cfg.eval.shards else []
 
@@ -260,7 +282,7 @@ def _run(cfg: RunConfig, rank: int, world: int, device: torch.device, resolve) -
     flops = _flops_per_sample(mcfg, cfg)
     device_name, peak = device_peak_flops(device)
     config_record = cfg.to_record(model=mcfg.to_dict(), tokenizer=tokenizer_path(cfg),
-                                  world_size=world, micro_batch=micro, device=device_name)
+                                  world_size=world, micro_batch=micro, device=device_name, data_streams=streams)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config_record, indent=1, sort_keys=True))
@@ -268,23 +290,30 @@ def _run(cfg: RunConfig, rank: int, world: int, device: torch.device, resolve) -
                  cfg.stage, world, micro, accum, micro * world * accum, device_name, amp,
                  sum(p.numel() for p in model.parameters()))
 
+    checkpointer = ckpt_lib.Checkpointer(run_dir, keep_last=cfg.checkpoint.keep_last,
+                                         async_save=cfg.checkpoint.async_save)
+
     def save_checkpoint():
-        ckpt_lib.save(run_dir, step, model=model, optimizer=optimizer,
-                      train_state={"skipped_steps": skipped_steps,
-                                   "scheduler": {"step": step, "lr": lr_at(step, cfg.optim.lr, cfg.schedule)}},
-                      rank_state={"data": loader.state_dict()}, config=config_record,
-                      tokenizer_path=config_record["tokenizer"], keep_last=cfg.checkpoint.keep_last)
+        checkpointer.save(step, model=model, optimizer=optimizer,
+                          train_state={"skipped_steps": skipped_steps,
+                                       "scheduler": {"step": step, "lr": lr_at(step, cfg.optim.lr, cfg.schedule)}},
+                          data_state=loader.state_dict(), config=config_record,
+                          tokenizer_path=config_record["tokenizer"])
 
     last_saved = step
     while step < end:
         t_start = time.perf_counter()
         wait = 0.0
-        micro_batches = []
+        micro_batches, consumed = [], []
         for _ in range(accum):
             t = time.perf_counter()
             batch = next(loader)
             wait += time.perf_counter() - t
             micro_batches.append(to_device(batch, device, cfg))
+            if cfg.logging.sample_keys:
+                consumed += [[k, txt] for k, txt in zip(batch["key"], batch.get("text") or [""] * len(batch["key"]))]
+        if cfg.logging.sample_keys:
+            _append_sample_keys(run_dir, rank, step + 1, consumed)
         result = train_step(model, optimizer, micro_batches, lr=lr_at(step, cfg.optim.lr, cfg.schedule),
                             clip_norm=cfg.train.clip_norm, amp_dtype=amp)
         step += 1
@@ -311,10 +340,18 @@ def _run(cfg: RunConfig, rank: int, world: int, device: torch.device, resolve) -
             last_saved = step
     if last_saved != step:
         save_checkpoint()
+    checkpointer.wait()
     metrics.close()
     if rank == 0:
         log.info("done at step %d; metrics: %s; checkpoints: %s", step, metrics.path, run_dir / "checkpoints")
     return {"step": step, "metrics": str(metrics.path), "checkpoints": str(run_dir / "checkpoints")}
+
+
+def _append_sample_keys(run_dir: Path, rank: int, step: int, consumed: list) -> None:
+    path = run_dir / "samples" / f"rank_{rank:05d}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps({"step": step, "samples": consumed}) + "\n")
 
 
 def _count_tokens(micro_batches, cfg, mcfg, device) -> float:
