@@ -16,6 +16,7 @@ from shards.tomlconfig import load_toml
 STAGES = ("mae", "fusion")
 PRECISIONS = ("bf16", "fp32")
 PARALLELS = ("ddp", "fsdp")
+REDUCE_DTYPES = ("fp32", "bf16")
 PRESETS = ("tiny", "base", "large")
 
 
@@ -129,12 +130,20 @@ class TrainConfig:
     stop_at_step: int = 0             # stop early (checkpointing) without changing the schedule; 0 = run to the end
     find_unused_parameters: bool = False
     max_skipped_steps: int = 100      # abort when this many steps had a non-finite loss or gradient
+    # speed levers (README, "Where the recipe departs from the paper's text and why")
+    compile: bool = False             # torch.compile each transformer block (fewer kernel launches; slow start)
+    reduce_dtype: str = "fp32"        # gradient reduction dtype; "bf16" halves DDP/FSDP gradient traffic
+    text_bucket: int = 0              # 0: text keeps the loader's fixed max_tokens (one static shape); N > 0:
+                                      # trim right padding to the batch's longest row rounded up to N
 
     def __post_init__(self):
         _check(self.precision in PRECISIONS, "train.precision", f"got {self.precision!r}, allowed {PRECISIONS}")
         _check(self.parallel in PARALLELS, "train.parallel", f"got {self.parallel!r}, allowed {PARALLELS}")
         _check(self.clip_norm >= 0, "train.clip_norm", "must be >= 0")
         _check(self.stop_at_step >= 0, "train.stop_at_step", "must be >= 0")
+        _check(self.reduce_dtype in REDUCE_DTYPES, "train.reduce_dtype",
+               f"got {self.reduce_dtype!r}, allowed {REDUCE_DTYPES}")
+        _check(self.text_bucket >= 0, "train.text_bucket", f"must be >= 0, got {self.text_bucket}")
 
 
 @dataclass(kw_only=True)
@@ -150,12 +159,15 @@ class CheckpointConfig:
 
 @dataclass(kw_only=True)
 class LoggingConfig:
-    every_steps: int = 10             # JSON lines and TensorBoard are written every step; this paces the console
+    every_steps: int = 10             # paces the console; JSON lines / TensorBoard follow metrics_every_steps
+    metrics_every_steps: int = 1      # one record (window means) per N steps; the only host sync of the loop
     tensorboard: bool = True
     progress: bool = True             # rank-0 progress bar with ETA on stderr
 
     def __post_init__(self):
         _check(self.every_steps >= 1, "logging.every_steps", "must be >= 1")
+        _check(self.metrics_every_steps >= 1, "logging.metrics_every_steps",
+               f"must be >= 1, got {self.metrics_every_steps}")
 
 
 @dataclass(kw_only=True)
