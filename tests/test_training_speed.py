@@ -168,6 +168,10 @@ def _sgd_delta(model, mbs, amp=None):
     return flat(p.full_tensor() if hasattr(p, "full_tensor") else p for p in params) - before
 
 
+def _full_params(model) -> torch.Tensor:
+    return flat(p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters())
+
+
 def distributed_main(out_dir: str) -> None:
     import torch.distributed as dist
     dist.init_process_group("gloo")
@@ -182,6 +186,19 @@ def distributed_main(out_dir: str) -> None:
                              ("fsdp_bf16", {"parallel": "fsdp", **bf16}, torch.bfloat16)):
         model = parallelize(make_model("all"), run_config(**train), cpu, world)
         result[name] = _sgd_delta(model, mbs, amp)
+
+    # a non-finite gradient on one rank only: the reduced norm is non-finite on both, so both skip, on the
+    # device (fused AdamW over FSDP's sharded parameters)
+    model = parallelize(make_model("all"), run_config(parallel="fsdp"), cpu, world)
+    opt = build_optimizer(model, run_config().optim, fused=True)
+    train_step(model, opt, mbs[:1], lr=1e-3, clip_norm=1.0)
+    before = _full_params(model).clone()
+    bad = rows(mbs[0], 0, 8)
+    if rank == 0:
+        bad["image"] = bad["image"].clone()
+        bad["image"][0, 0, 0, 0] = float("nan")
+    res = train_step(model, opt, [bad], lr=1e-3, clip_norm=1.0)
+    result["one_rank_nan"] = torch.tensor([bool(res.skipped), torch.equal(_full_params(model), before)])
 
     # FSDP and accumulation: count the gradient collectives of a 1- and a 3-micro-step step (the real ones
     # still run), and look at the sharded gradients after a micro-step that must not reduce
@@ -243,6 +260,12 @@ def test_fsdp_in_bf16_takes_the_ddp_bf16_step(two_ranks):
     assert _rel(r["fsdp_bf16"], r["ddp_bf16"]) < 5e-2
     assert _rel(r["ddp_bf16"], r["ddp_fp32"]) < 5e-2 and _rel(r["fsdp_bf16"], r["ddp_fp32"]) < 5e-2
     assert not torch.equal(r["fsdp_bf16"], r["ddp_fp32"])
+
+
+def test_a_non_finite_gradient_on_one_rank_skips_the_step_on_every_rank(two_ranks):
+    for r in two_ranks:
+        skipped, unchanged = r["one_rank_nan"].tolist()
+        assert skipped and unchanged
 
 
 def test_fsdp_reduces_gradients_only_on_the_last_micro_step(two_ranks):

@@ -352,7 +352,7 @@ def _run(cfg: RunConfig, rank: int, world: int, device: torch.device, resolve_sh
         if saving:
             save_checkpoint()
             last_saved = step
-        if evaluating or saving or window.steps == 0:
+        if window.steps == 0:             # a record was written: the next window starts after eval/checkpoint
             t_window, wait = time.perf_counter(), 0.0
     if last_saved != step:
         save_checkpoint()

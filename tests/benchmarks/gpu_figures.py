@@ -104,7 +104,6 @@ def measure(preset: str, micro: int, *, accum: int, steps: int, warmup: int, com
            "tflops_per_s": flops * samples_per_s / 1e12, "mfu": flops * samples_per_s / peak if peak else None,
            "peak_mem_gib": peak_memory_mb(device) / 1024, "loss": float(result.loss),
            "skipped": bool(result.skipped)}
-    del model, opt, host, result
     return out
 
 
@@ -197,7 +196,7 @@ def main(argv=None) -> int:
     if not cpu:
         torch.backends.cuda.matmul.allow_tf32 = True
     name, peak = device_peak_flops(device)
-    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    result = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "device": name, "peak_bf16_flops": peak, "torch": torch.__version__, "preset": args.preset,
               "precision": "bf16" if amp else "fp32", "accum": args.accum, "max_tokens": args.max_tokens,
               "quick": args.quick, "measurements": [], "summary": {}}

@@ -9,6 +9,10 @@ Objectives (weights in ModelConfig):
   (captions of one image) are not negatives of each other. In training under torch.distributed (and
   cfg.itc_gather), the negatives are the rows of every data-parallel rank, not only the local micro-batch.
 
+In training (`training.loop`) the token losses are normalised by the optimizer step's global count of each
+task's target tokens (`LossNorm`, from `target_counts`), not by the micro-batch's own count, so the
+gradient of a global batch does not depend on how it is split into ranks x accumulation x micro-batch.
+
 Attention: batch["padding_side"] == "right" (every row's real tokens first; the trainer sets it after checking
 the host copy of attention_mask) lets the text tower and fusion stack use plain causal attention with no
 explicit mask, so fused (flash / memory-efficient) kernels can run. Causality already hides the pads that
