@@ -159,6 +159,28 @@ def test_speed_keys_are_validated_by_name():
         RunConfig.from_dict({"init": {"tokenizer": "x"}, "logging": {"metrics_every_steps": 0}})
 
 
+def test_a_run_writes_one_record_per_metrics_window(tmp_path, monkeypatch):
+    import json
+
+    from training.testing import make_corpus, train_tokenizer
+    from training.trainer import run
+    monkeypatch.delenv("RANK", raising=False)        # one process, no torchrun
+    make_corpus(tmp_path / "corpus", num_shards=1, per_shard=4)
+    tok = train_tokenizer(tmp_path / "tok.model")
+    cfg = RunConfig.from_dict({
+        "run_dir": str(tmp_path / "run"), "model": {"preset": "tiny"},
+        "data": {"shards": str(tmp_path / "corpus"), "num_workers": 0, "shuffle_buffer": 4},
+        "init": {"tokenizer": tok}, "batch": {"global_batch": 4, "grad_accum": 2},
+        "schedule": {"total_steps": 5, "warmup_steps": 1}, "checkpoint": {"every_steps": 100},
+        "train": {"precision": "fp32", "text_bucket": 8},
+        "logging": {"metrics_every_steps": 2, "tensorboard": False, "progress": False}})
+    run(cfg)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # steps 2 and 4 close a window of 2; the last step (5, also a checkpoint) closes a window of 1
+    assert [(r["step"], r["steps"]) for r in records] == [(2, 2), (4, 2), (5, 1)]
+    assert all(r["skipped"] == 0 and r["tokens_per_s"] > 0 and r["loss"] > 0 for r in records)
+
+
 # ---------------------------------------------------------------- the part torchrun runs (2 ranks)
 def _sgd_delta(model, mbs, amp=None):
     params = list(model.parameters())
