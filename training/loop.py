@@ -67,8 +67,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     max_norm = clip_norm if clip_norm > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm   # FSDP: DTensor
-    # a non-finite loss reaches the gradients, and the reduced norm is identical on every rank, so all
-    # ranks skip together
+    # decided by the norm alone: it is identical on every rank (reduced gradients), so all ranks skip
+    # together; a non-finite loss normally makes it non-finite too (the logged loss shows it either way)
     skipped = ~torch.isfinite(grad_norm)
     guarded_step(optimizer, skipped)
     optimizer.zero_grad(set_to_none=True)

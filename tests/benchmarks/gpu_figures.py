@@ -124,7 +124,10 @@ def ladder(args, device, amp, compile_: bool, emit) -> dict:
         try:
             fig = measure(args.preset, micro, accum=args.accum, steps=args.steps, warmup=args.warmup,
                           compile_=compile_, device=device, amp=amp, max_tokens=args.max_tokens)
-        except torch.OutOfMemoryError:
+        except Exception as e:      # noqa: BLE001 -- compiled code may wrap the OOM in its own error
+            if not isinstance(e, torch.OutOfMemoryError) and "out of memory" not in str(e).lower():
+                emit({"compile": compile_, "micro_batch": micro, "error": f"{type(e).__name__}: {e}"[:2000]})
+                raise
             oom = micro if oom is None else min(oom, micro)
             emit({"compile": compile_, "micro_batch": micro, "out_of_memory": True})
             _free(device)
@@ -207,7 +210,11 @@ def main(argv=None) -> int:
         Path(args.out).write_text(json.dumps(result, indent=1))     # partial results survive a timeout
 
     for compile_ in compiles:
-        result["summary"][f"compile_{'on' if compile_ else 'off'}"] = ladder(args, device, amp, compile_, emit)
+        key = f"compile_{'on' if compile_ else 'off'}"
+        try:
+            result["summary"][key] = ladder(args, device, amp, compile_, emit)
+        except Exception as e:      # noqa: BLE001 -- keep the other setting's figures; the error is in the JSON
+            result["summary"][key] = {"error": f"{type(e).__name__}: {e}"[:2000]}
     if not args.skip_loader and not args.quick:
         result["loader"] = loader_figure(os.cpu_count() or 1)
     Path(args.out).write_text(json.dumps(result, indent=1))
@@ -220,6 +227,9 @@ def _table(result: dict) -> str:
             f"({result['date']}):",
             f"{'compile':>8} {'micro':>6} {'samples/s':>10} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9}"]
     for key, s in result["summary"].items():
+        if "error" in s:
+            rows.append(f"{key[8:]:>8} failed: {s['error'][:200]}")
+            continue
         for which in ("recipe", "largest"):
             f = s.get(which)
             if f:
