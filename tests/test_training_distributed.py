@@ -72,6 +72,9 @@ def distributed_main(out_dir: str) -> None:
     mine = rows(data, rank * 4, rank * 4 + 4)                 # 2 ranks x micro-batch 2 x accumulation 2
     res = train_step(ddp, opt, [rows(mine, 0, 2), rows(mine, 2, 4)], lr=0.5, clip_norm=0.0)
     delta = flat_params(model) - before
+    step_loss = res.loss.clone()           # each rank's share; the mean over ranks is the step's loss
+    dist.all_reduce(step_loss)
+    step_loss /= world
 
     # all-reduce count: a 2-micro-step step must all-reduce exactly as often as a 1-micro-step step
     counts = {}
@@ -90,7 +93,7 @@ def distributed_main(out_dir: str) -> None:
     gathered = [torch.empty_like(params) for _ in range(world)]
     dist.all_gather(gathered, params)
     if rank == 0:
-        torch.save({"delta": delta, "loss": res.loss, "grad_norm": res.grad_norm}, Path(out_dir) / "ddp.pt")
+        torch.save({"delta": delta, "loss": step_loss, "grad_norm": res.grad_norm}, Path(out_dir) / "ddp.pt")
         (Path(out_dir) / "ddp.json").write_text(json.dumps({
             "allreduce_calls": counts,
             "max_rank_difference": max(float((g - gathered[0]).abs().max()) for g in gathered)}))
@@ -143,7 +146,7 @@ def test_non_finite_loss_skips_the_step_and_is_reported():
     batch["image"][0, 0, 0, 0] = float("nan")
     before = flat_params(model).clone()
     res = train_step(model, opt, [batch], lr=1e-2, clip_norm=1.0)
-    assert res.skipped and not torch.isfinite(torch.tensor(res.loss))
+    assert res.skipped and not torch.isfinite(res.loss)
     assert torch.equal(flat_params(model), before)
     assert all(p.grad is None for p in model.parameters())
     ok = train_step(model, opt, [make_batch(2, seed=2)], lr=1e-2, clip_norm=1.0)

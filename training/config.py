@@ -29,6 +29,7 @@ from shards.tomlconfig import (
 STAGES = ("mae", "fusion")
 PRECISIONS = ("bf16", "fp32")
 PARALLELS = ("ddp", "fsdp")
+REDUCE_DTYPES = ("fp32", "bf16")
 PRESETS = ("tiny", "base", "large")
 
 # ImageNet's per-channel statistics: the pixel normalisation of training and, read back from a checkpoint's
@@ -160,6 +161,11 @@ class TrainConfig:
     # collectives wait this long before failing: a resume seeks instead of replaying data, so the longest
     # legitimate wait is a checkpoint write or the first batch; the NCCL default (10 min) can be too short
     pg_timeout_s: float = 1800.0
+    # speed levers (README, "Where the recipe departs from the paper's text and why")
+    compile: bool = False             # torch.compile each transformer block (fewer kernel launches; slow start)
+    reduce_dtype: str = "fp32"        # gradient reduction dtype; "bf16" halves DDP/FSDP gradient traffic
+    text_bucket: int = 0              # 0: text keeps the loader's fixed max_tokens (one static shape); N > 0:
+                                      # trim right padding to the batch's longest row rounded up to N
 
     def __post_init__(self):
         check_choice("train.precision", self.precision, PRECISIONS)
@@ -169,6 +175,8 @@ class TrainConfig:
         check_range("train.max_skipped_steps", self.max_skipped_steps, 0)
         check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
         check(self.pg_timeout_s > 0, "train.pg_timeout_s", f"must be > 0, got {self.pg_timeout_s}")
+        check_choice("train.reduce_dtype", self.reduce_dtype, REDUCE_DTYPES)
+        check_range("train.text_bucket", self.text_bucket, 0)
 
 
 @dataclass(kw_only=True)
@@ -186,7 +194,8 @@ class CheckpointConfig:
 
 @dataclass(kw_only=True)
 class LoggingConfig:
-    every_steps: int = 10             # JSON lines and TensorBoard are written every step; this paces the console
+    every_steps: int = 10             # paces the console; JSON lines / TensorBoard follow metrics_every_steps
+    metrics_every_steps: int = 1      # one record (window means) per N steps; the only host sync of the loop
     tensorboard: bool = True
     progress: bool = True             # rank-0 progress bar with ETA on stderr
     sample_keys: bool = False         # each rank appends the keys (and texts) it trained on per step to
@@ -194,6 +203,7 @@ class LoggingConfig:
 
     def __post_init__(self):
         check_range("logging.every_steps", self.every_steps, 1)
+        check_range("logging.metrics_every_steps", self.metrics_every_steps, 1)
 
 
 @dataclass(kw_only=True)
