@@ -12,7 +12,9 @@ A corpus directory holds ``shards/NNNNN.tar`` (WebDataset: ``KEY.jpg``, ``KEY.tx
 from .manifest import read_manifest, write_manifest
 from .reader import (
     ReadCounters,
+    SeekableShard,
     ShardRef,
+    Window,
     iter_samples,
     iter_shard,
     read_shard_stats,
@@ -24,7 +26,7 @@ from .schema import SCHEMA_VERSION, Sample, make_key
 from .writer import ShardInfo, ShardWriter, is_complete, shard_name, write_shard
 
 __all__ = [
-    "SCHEMA_VERSION", "ReadCounters", "Sample", "ShardInfo", "ShardRef", "ShardWriter",
+    "SCHEMA_VERSION", "ReadCounters", "Sample", "SeekableShard", "ShardInfo", "ShardRef", "ShardWriter",
     "is_complete", "iter_samples", "iter_shard", "make_key", "read_manifest",
-    "read_shard_stats", "resolve", "resolve_shards", "stats_path", "shard_name", "write_manifest", "write_shard",
+    "read_shard_stats", "resolve", "resolve_shards", "stats_path", "shard_name", "Window", "write_manifest", "write_shard",
 ]

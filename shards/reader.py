@@ -7,8 +7,9 @@ in :class:`ReadCounters` under a named reason; reading goes on with the next sam
 
 This is the one place that turns tar members into samples (``KEY.json`` parsing, the image extensions)
 and reads a shard's ``_stats.json``: curation's checks, training, planning and evaluation all read
-through it, so a sample is kept or dropped for the same named reason everywhere. Memory: one sample's
-members at a time.
+through it, so a sample is kept or dropped for the same named reason everywhere. `iter_shard` streams
+a tar from its start; `SeekableShard` reads it in windows from any header offset (a resumed training
+stream). Memory: one sample's members at a time (one window's for `SeekableShard`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import hashlib
 import json
 import posixpath
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from braceexpand import braceexpand
 
-from . import fsutil
+from . import fsutil, tarseek
 from .manifest import MANIFEST_NAME, SHARDS_SUBDIR, read_manifest
 from .schema import IMAGE_EXTENSIONS, Sample
 from .writer import ShardInfo
@@ -255,3 +256,130 @@ def read_shard_stats(ref: ShardRef | str) -> ShardInfo:
         raise ValueError(f"{where}: no {', '.join(missing)} (not written by vlfusion's shard writer)")
     return ShardInfo(**{**{k: entry[k] for k in fields if k != "name"},
                         "name": posixpath.basename(ref.path.replace("\\", "/"))})
+
+
+@dataclass
+class Window:
+    """Consecutive tar samples of one shard. ``samples[i]`` is the window's i-th tar sample, or None when
+    it was dropped (counted under its reason); a skipped member's bytes are ``b""``."""
+    samples: list[Sample | None]
+    next_offset: int             # header offset of the first sample after the window; -1 at the end
+    end: bool                    # the shard has no sample after the window
+
+
+class _CoverageHash:
+    """A seekable file that hashes what it reads while the reads cover it from byte 0 on. Stepping over
+    tar padding (under one block) reads the gap; any longer jump (a resume, a skipped image) ends the hash,
+    since the digest could then only be had by reading what the seek was for not reading."""
+
+    def __init__(self, raw):
+        self.raw, self.sha, self.upto, self.pos, self.valid = raw, hashlib.sha256(), 0, 0, True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        assert whence == 0
+        if self.valid and pos > self.upto:
+            if pos - self.upto < tarseek.BLOCK:
+                self.raw.seek(self.upto)
+                gap = self.raw.read(pos - self.upto)
+                self.sha.update(gap)
+                self.upto += len(gap)
+            else:
+                self.valid = False
+        self.pos = pos
+        return self.raw.seek(pos)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        if self.valid and self.pos <= self.upto < self.pos + len(data):
+            self.sha.update(data[self.upto - self.pos:])
+            self.upto = self.pos + len(data)
+        self.pos += len(data)
+        return data
+
+    def digest_to_end(self) -> str | None:
+        """The file's sha256 (reading what is left), or None when the reads did not cover it."""
+        if not self.valid:
+            return None
+        self.seek(self.upto)
+        while self.read(1 << 20):
+            pass
+        return self.sha.hexdigest()
+
+
+class SeekableShard:
+    """One tar opened for reading in windows from any header offset (`shards.tarseek`): a resumed reader
+    seeks to its saved window and reads no byte before it, and may leave members' data unread.
+
+    Samples are built by the same rules as `iter_shard` (KEY.json parsing, image extensions, named drop
+    reasons). With ``verify`` and a manifest entry, `open` skips a shard whose size differs, and `finish`
+    (called once the last window was read) counts ``shard_sha256_mismatch`` when the shard was read from
+    its first byte to its last and differs: a shard entered mid-way by a resume is size-checked only.
+    Memory: one window's members.
+    """
+
+    def __init__(self, ref: ShardRef, raw, checked: bool):
+        self.ref, self.where = ref, ref.path
+        self._raw = raw
+        self._file = _CoverageHash(raw) if checked else raw
+        self._checked = checked
+
+    @classmethod
+    def open(cls, ref: ShardRef | str, counters: ReadCounters, verify: bool = True) -> SeekableShard | None:
+        """The shard ready to read, or None with the reason counted (missing, size differs, unreadable)."""
+        ref = ShardRef(ref) if isinstance(ref, str) else ref
+        checked = verify and ref.expected is not None
+        try:
+            if checked and (actual := fsutil.size(ref.path)) != ref.expected["bytes"]:
+                counters.skip("shard_size_mismatch", ref.path, f"{actual} bytes, manifest says {ref.expected['bytes']}")
+                return None
+            raw = fsutil.open_read(ref.path)
+        except FileNotFoundError:
+            counters.skip("missing_shard", ref.path)
+            return None
+        except OSError as e:
+            counters.skip("truncated_tar", ref.path, str(e))
+            return None
+        counters.shards += 1
+        return cls(ref, raw, checked)
+
+    def __enter__(self) -> SeekableShard:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._raw.close()
+
+    def window(self, offset: int, max_samples: int, counters: ReadCounters,
+               want: Callable[[int, str], bool] = lambda i, ext: True) -> Window:
+        """Up to ``max_samples`` consecutive samples from the header at ``offset``. ``want(i, ext)`` False:
+        that member of the window's i-th sample is stepped over by seeking. A format error ends the window
+        (and the shard) early, counted as ``truncated_tar``, with the samples read before it."""
+        raw: list[tuple[str, dict[str, bytes]]] = []
+
+        def wanted(name: str) -> bool:
+            k, ext = _split_name(name)
+            i = len(raw) - 1 if raw and k == raw[-1][0] else len(raw)
+            return i < max_samples and want(i, ext)   # never read the data of the member after the window
+
+        def built() -> list[Sample | None]:
+            out = [_build_sample(k, m, self.where, counters) for k, m in raw]
+            counters.samples += sum(s is not None for s in out)
+            return out
+
+        try:
+            for m in tarseek.iter_members(self._file, offset, want=wanted):
+                k, ext = _split_name(m.name)
+                if not raw or k != raw[-1][0]:
+                    if len(raw) == max_samples:
+                        return Window(built(), m.offset, end=False)
+                    raw.append((k, {}))
+                raw[-1][1][ext] = m.data if m.data is not None else b""
+        except (tarseek.TarFormatError, OSError) as e:
+            counters.skip("truncated_tar", self.where, str(e))
+        return Window(built(), -1, end=True)
+
+    def finish(self, counters: ReadCounters) -> None:
+        """After the last window: the sha256 check, when the whole shard was read and a manifest has one."""
+        if self._checked:
+            digest = self._file.digest_to_end()
+            if digest is not None and digest != self.ref.expected["sha256"]:
+                counters.skip("shard_sha256_mismatch", self.where, "content differs from the manifest")

@@ -174,6 +174,47 @@ def test_manifest_size_mismatch_is_counted(corpus):
     assert counters.skipped["shard_size_mismatch"] == 1
 
 
+def _windows(shard: shards.SeekableShard, counters: ReadCounters, offset: int = 0, size: int = 2) -> list:
+    out = []
+    while True:
+        win = shard.window(offset, size, counters)
+        out += win.samples
+        if win.end:
+            shard.finish(counters)
+            return out
+        offset = win.next_offset
+
+
+def test_seekable_reader_reads_what_iter_shard_reads_and_checks_the_manifest(corpus):
+    root, samples = corpus
+    refs = shards.resolve(str(root))
+    for ref in refs:
+        counters = ReadCounters()
+        with shards.SeekableShard.open(ref, counters) as shard:
+            assert _windows(shard, counters) == list(shards.iter_shard(ref))
+        assert not counters.skipped
+    with shards.SeekableShard.open(refs[0], ReadCounters()) as shard:
+        skim = shard.window(0, 4, ReadCounters(), want=lambda i, ext: ext != "jpg")
+    assert [s.key for s in skim.samples] == [s.key for s in samples[:4]] and skim.end
+    assert all(s.image == b"" and s.captions for s in skim.samples)
+    # same size, one byte of an image changed: read from its first byte to its last, the digest differs
+    path = root / "shards" / "00000.tar"
+    data = bytearray(path.read_bytes())
+    data[data.index(samples[1].image[200:240]) + 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    counters = ReadCounters()
+    with shards.SeekableShard.open(refs[0], counters) as shard:
+        assert len(_windows(shard, counters)) == 4
+    assert counters.skipped == {"shard_sha256_mismatch": 1}
+    # a reader that starts mid-shard (a resume) reads no byte before its offset: size-checked only
+    with shards.SeekableShard.open(refs[0], ReadCounters()) as shard:
+        offset = shard.window(0, 2, ReadCounters()).next_offset
+    counters = ReadCounters()
+    with shards.SeekableShard.open(refs[0], counters) as shard:
+        assert [s.key for s in _windows(shard, counters, offset=offset)] == [s.key for s in samples[2:4]]
+    assert not counters.skipped
+
+
 def _raw_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
     with tarfile.open(path, "w") as tf:
         for name, data in members:

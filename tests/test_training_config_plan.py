@@ -232,4 +232,4 @@ def test_launch_refuses_fewer_shards_than_readers_before_starting(tmp_path, caps
                      "--set", "data.num_workers=2", "--set", f"init.tokenizer={tok}"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "3 shard(s) for 4 readers (2 rank(s) x 2 loader worker(s) each)" in err
+    assert "3 shard(s) for 4 streams (data.streams, or 2 rank(s) x 2 loader worker(s) each when it is 0)" in err

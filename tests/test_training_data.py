@@ -1,5 +1,4 @@
 """The loader: sharding without overlap, exact positions, expansion, flips, corrupt data, fast decode."""
-import copy
 import io
 import json
 import random
@@ -13,7 +12,7 @@ from PIL import Image
 from curation.synthetic.corpus import make_jpeg, make_samples, make_shards, train_small_tokenizer
 from training.augment import decode_and_crop, jitter_flip_normalise, swap_left_right
 from training.config import AugmentConfig, DataConfig
-from training.data import Loader, ShardStream, check_enough_shards, reader_shards
+from training.data import Loader, ShardStream, check_enough_shards, start_position, stream_shards
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +33,14 @@ def spec(shards, tok, *, hflip=0.5, num_workers=0, shuffle_buffer=8, include_qa=
 
 
 def epoch_items(s: ShardStream, reader_local=0, epoch=0):
-    """(text, image key) of each sample of one epoch of one reader, in order."""
-    stream = copy.copy(s)
-    stream.positions = [(epoch, 0)] * s.readers_per_rank
+    """(text, image key) of each sample of one epoch of one of the rank's streams, in order."""
+    stream = s
     out, counts = [], {}
-    for sample, ep, _, counters in stream.reader_stream(reader_local):
-        if ep != epoch:
+    for sample, pos in stream.stream_samples(s.rank_streams()[reader_local], {**start_position(), "epoch": epoch}):
+        if pos["epoch"] != epoch:
             break
         out.append((sample["text"], sample["key"]))
-        counts = dict(counters)
+        counts = dict(pos["skipped"])
     return out, counts
 
 
@@ -85,8 +83,8 @@ def test_rows_of_one_image_share_an_image_id(corpus):
 
 def test_readers_split_shards_and_samples_without_overlap(corpus):
     shards, tok = corpus
-    parts = [reader_shards(shards, seed=3, epoch=0, reader=r, num_readers=4) for r in range(4)]
-    assert sorted(p for part in parts for p in part) == sorted(shards)
+    parts = [stream_shards(len(shards), seed=3, epoch=0, stream=r, num_streams=4) for r in range(4)]
+    assert sorted(p for part in parts for p in part) == list(range(len(shards)))
     ranks = [epoch_items(spec(shards, tok, rank=r, world_size=2, hflip=0.0))[0] for r in range(2)]
     assert len(ranks[0]) + len(ranks[1]) == 4 * 6 * 3
     keys = [{k for _, k in items} for items in ranks]
@@ -106,28 +104,34 @@ def test_order_is_deterministic_per_seed_and_epoch(corpus):
     assert a != d
 
 
-def test_loader_resume_with_two_workers_is_exact(corpus):
+def test_loader_resume_with_two_workers_is_exact_and_also_with_one(corpus):
     shards, tok = corpus
-    s = spec(shards, tok, num_workers=2, micro_batch=5)
+    s = spec(shards, tok, num_workers=2, micro_batch=4)            # 2 streams x 2 samples per batch
     straight = Loader(s)
-    first = [next(straight) for _ in range(7)]
+    first = [next(straight) for _ in range(12)]
     state = straight.state_dict()
-    rest = [next(straight) for _ in range(5)]
-    # positions cross an epoch boundary: 2 readers x 36 samples, 35 consumed
-    assert state["next_reader"] == 1 and len(state["positions"]) == 2
-    resumed = Loader(s, state=state)
-    again = [next(resumed) for _ in range(5)]
-    for x, y in zip(rest, again):
-        assert torch.equal(x["image"], y["image"]) and torch.equal(x["input_ids"], y["input_ids"])
-        assert torch.equal(x["jitter"], y["jitter"]) and x["text"] == y["text"]
-    assert len({tuple(b["text"]) for b in first + rest}) == 12
-    with pytest.raises(ValueError, match="same data.num_workers"):
-        Loader(s, state={"positions": [[0, 0]], "next_reader": 0})
+    rest = [next(straight) for _ in range(10)]
+    # 2 streams x 36 samples per epoch: 24 consumed at the checkpoint, the rest crosses into epoch 1
+    assert state["num_streams"] == 2 and [p["epoch"] for p in state["streams"].values()] == [0, 0]
+    assert [p["epoch"] for p in straight.state_dict()["streams"].values()] == [1, 1]
+    # the same streams read by one worker in the main process give the same batches
+    for resumed in (Loader(s, state=state),
+                    Loader(spec(shards, tok, num_workers=0, streams=2, micro_batch=4),
+                           state=json.loads(json.dumps(state)))):
+        again = [next(resumed) for _ in range(10)]
+        for x, y in zip(rest, again):
+            assert torch.equal(x["image"], y["image"]) and torch.equal(x["input_ids"], y["input_ids"])
+            assert torch.equal(x["jitter"], y["jitter"]) and x["text"] == y["text"]
+    assert len({tuple(b["text"]) for b in first + rest}) == 22
+    with pytest.raises(ValueError, match="data.streams=3"):
+        Loader(s, state={"num_streams": 3, "streams": {}})
+    with pytest.raises(ValueError, match="same data.shuffle_buffer"):
+        Loader(spec(shards, tok, num_workers=2, micro_batch=4, shuffle_buffer=3), state=state)
 
 
 def test_fewer_shards_than_readers_is_an_error_before_starting(corpus):
     shards, tok = corpus
-    with pytest.raises(ValueError, match="4 shard\\(s\\) for 6 readers"):
+    with pytest.raises(ValueError, match="4 shard\\(s\\) for 6 streams"):
         Loader(spec(shards, tok, world_size=3, num_workers=2))
     check_enough_shards(4, world_size=2, readers_per_rank=2)
 

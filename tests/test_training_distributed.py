@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +72,9 @@ def distributed_main(out_dir: str) -> None:
     mine = rows(data, rank * 4, rank * 4 + 4)                 # 2 ranks x micro-batch 2 x accumulation 2
     res = train_step(ddp, opt, [rows(mine, 0, 2), rows(mine, 2, 4)], lr=0.5, clip_norm=0.0)
     delta = flat_params(model) - before
+    step_loss = res.loss.clone()           # each rank's share; the mean over ranks is the step's loss
+    dist.all_reduce(step_loss)
+    step_loss /= world
 
     # all-reduce count: a 2-micro-step step must all-reduce exactly as often as a 1-micro-step step
     counts = {}
@@ -91,7 +93,7 @@ def distributed_main(out_dir: str) -> None:
     gathered = [torch.empty_like(params) for _ in range(world)]
     dist.all_gather(gathered, params)
     if rank == 0:
-        torch.save({"delta": delta, "loss": res.loss, "grad_norm": res.grad_norm}, Path(out_dir) / "ddp.pt")
+        torch.save({"delta": delta, "loss": step_loss, "grad_norm": res.grad_norm}, Path(out_dir) / "ddp.pt")
         (Path(out_dir) / "ddp.json").write_text(json.dumps({
             "allreduce_calls": counts,
             "max_rank_difference": max(float((g - gathered[0]).abs().max()) for g in gathered)}))
@@ -144,7 +146,7 @@ def test_non_finite_loss_skips_the_step_and_is_reported():
     batch["image"][0, 0, 0, 0] = float("nan")
     before = flat_params(model).clone()
     res = train_step(model, opt, [batch], lr=1e-2, clip_norm=1.0)
-    assert res.skipped and not torch.isfinite(torch.tensor(res.loss))
+    assert res.skipped and not torch.isfinite(res.loss)
     assert torch.equal(flat_params(model), before)
     assert all(p.grad is None for p in model.parameters())
     ok = train_step(model, opt, [make_batch(2, seed=2)], lr=1e-2, clip_norm=1.0)
@@ -153,7 +155,7 @@ def test_non_finite_loss_skips_the_step_and_is_reported():
 
 def test_fusion_stage_under_fsdp_takes_the_same_steps_as_ddp(tmp_path):
     from curation.synthetic.corpus import make_shards, train_small_tokenizer
-    from training.checkpoint import list_checkpoints, load_for_inference
+    from training.checkpoint import list_checkpoints, load_for_inference, load_weights
     make_shards(tmp_path / "corpus", num_shards=2, per_shard=4)
     tok = train_small_tokenizer(tmp_path / "tok.model")
     runs = {}
@@ -164,13 +166,14 @@ def test_fusion_stage_under_fsdp_takes_the_same_steps_as_ddp(tmp_path):
         for s in (f"data.shards={tmp_path / 'corpus'}", f"init.tokenizer={tok}", f"run_dir={run_dir}",
                   f"train.parallel={parallel}", "schedule.total_steps=3", "schedule.warmup_steps=1",
                   "batch.global_batch=8", "checkpoint.every_steps=3", "data.num_workers=1",
-                  "data.shuffle_buffer=8", "logging.progress=false", "logging.tensorboard=false"):
+                  "data.shuffle_buffer=8", "logging.progress=false", "logging.tensorboard=false",
+                  "train.device=cpu"):
             cmd += ["--set", s]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         runs[parallel] = ([(r["loss"], r["grad_norm"]) for r in records if "loss" in r],
-                          load_file(str(list_checkpoints(run_dir)[-1] / "model.safetensors")))
+                          load_weights(list_checkpoints(run_dir)[-1]))
     (fsdp_steps, fsdp_w), (ddp_steps, ddp_w) = runs["fsdp"], runs["ddp"]
     assert len(fsdp_steps) == len(ddp_steps) == 3 and all(torch.isfinite(torch.tensor(fsdp_steps)).flatten())
     assert len({loss for loss, _ in fsdp_steps}) == 3             # the weights moved between steps

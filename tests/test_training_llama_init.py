@@ -14,7 +14,7 @@ import sentencepiece as spm  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from curation.synthetic.corpus import SCENE_THINGS, make_shards, scene_caption, train_small_tokenizer  # noqa: E402
-from training.checkpoint import list_checkpoints, load_for_inference  # noqa: E402
+from training.checkpoint import list_checkpoints, load_for_inference, load_weights  # noqa: E402
 from training.cli import main as train_main  # noqa: E402
 from training.config import RunConfig  # noqa: E402
 from training.tokenizer import Tokenizer  # noqa: E402
@@ -69,13 +69,13 @@ def test_fusion_run_starts_from_the_llama_checkpoint(tmp_path, corpus, llama_dir
     assert [p.name for p in steps] == ["step_00000001", "step_00000002", "step_00000003"]
 
     # the warmup gives step 0 a learning rate of 0, so the weights after it are the initial ones
-    first = load_file(str(steps[0] / "model.safetensors"))
+    first = load_weights(steps[0])
     assert first["text.embed_tokens.weight"].shape == (reference["embed_tokens.weight"].shape[0], 48)
     for name, value in reference.items():
         ours = first[name if name == "lm_head.weight" else f"text.{name}"]
         assert torch.equal(ours, value), name
     # ... and training then moves them
-    last = load_file(str(steps[-1] / "model.safetensors"))
+    last = load_weights(steps[-1])
     assert not torch.equal(last["text.embed_tokens.weight"], reference["embed_tokens.weight"])
 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

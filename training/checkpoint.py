@@ -1,23 +1,41 @@
-"""Checkpoints: atomic step directories with everything an exact resume needs.
+"""Checkpoints: sharded, resharding, atomic step directories with everything an exact resume needs.
 
     RUN_DIR/checkpoints/step_00000100/
-        model.safetensors   weights (full, unsharded), readable without torch.load
-        optimizer.pt        AdamW state (tensors and numbers only)
-        train_state.pt      step, world size, scheduler, counters
-        rank_00000.pt ...   per rank: torch/numpy/python/CUDA RNG states and the data position of
-                            every loader worker of that rank
-        config.json         the resolved run config; "model" = asdict(ModelConfig), "tokenizer"
-        tokenizer.model     copy of the tokenizer, so a checkpoint is self-contained
+        state/                 torch.distributed.checkpoint (DCP): model weights and AdamW moments,
+                               every rank writing its own shard (replicated DDP tensors once)
+        optim_groups.json      the optimizer's hyper-parameters (JSON, so DCP holds tensors only)
+        train_state.json       step, world size, scheduler, counters
+        data.json              the data position of every stream of the run (training.data)
+        rng_00000.pt ...       per rank: torch/numpy/python/CUDA RNG states (tensors and numbers)
+        config.json            the resolved run config; "model" = asdict(ModelConfig), "tokenizer"
+        tokenizer.model        copy of the tokenizer, so a checkpoint is self-contained
 
-Every rank writes into `.tmp_step_XXXXXXXX` (the run dir must be on a filesystem all nodes share)
-and rank 0 renames it into place once all files are there, so a killed run never leaves a
-directory that looks complete. `.pt` files hold plain tensors / numbers / strings and are read
-with `torch.load(weights_only=True)`.
+Resharding. DCP records which slice of each tensor every file holds, so a checkpoint written by W
+ranks loads on any W' (DDP or FSDP): each rank reads the slices it needs. The data position is a
+world-size-independent rule (see training.data), so W' ranks read the samples W ranks would have read
+next. RNG states are restored per rank when W' == W (bitwise-exact resume); otherwise each rank reseeds
+from (seed, rank, step).
+
+Atomicity. Every rank writes into `.tmp_step_XXXXXXXX` (the run dir must be on a filesystem all nodes
+share); after a barrier rank 0 renames it into place, so a killed run never leaves a directory that
+looks complete. With `checkpoint.async_save` the tensors are copied to host memory, written by a
+background thread (over a separate gloo group), and the rename happens when the write has finished
+on every rank: before the next save, or at the end of the run.
+
+Safe loading. `.pt` files are read with `torch.load(weights_only=True)`; DCP's `.metadata` (a pickle)
+is read through an unpickler that admits only DCP's metadata classes, and DCP objects that are not
+tensors are refused (nothing but tensors is written there).
+
+Memory at 64 GPUs: under FSDP a rank holds its 1/64 shard of weights and moments, and a save stages
+just that shard to host memory (twice the shard while an async save is in flight); under DDP every
+rank holds the full replicated state but DCP writes each replicated tensor from one rank only. Rank 0
+alone gathers nothing: no full state dict is ever assembled during training.
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -27,6 +45,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
+
+from shards.fsutil import atomic_write_bytes
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 
@@ -80,46 +100,85 @@ def set_rng_state(state: dict) -> None:
 
 
 # -- model / optimizer state ------------------------------------------------------------------
-def full_model_state(model) -> dict[str, torch.Tensor]:
-    if _is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+# -- safe DCP reading --------------------------------------------------------------------------------
+_DCP_META_CLASSES = {
+    ("torch.distributed.checkpoint.metadata", n) for n in (
+        "Metadata", "MetadataIndex", "ChunkStorageMetadata", "TensorStorageMetadata", "BytesStorageMetadata",
+        "TensorProperties", "StorageMeta", "_MEM_FORMAT_ENCODING")
+} | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"), ("torch._utils", "_get_layout"), ("torch.serialization", "_get_layout"),
+     ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"),
+     ("collections", "OrderedDict")}
 
 
-def full_optimizer_state(model, optimizer) -> dict:
-    if _is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-        return get_optimizer_state_dict(model, optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return optimizer.state_dict()
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _DCP_META_CLASSES or (module == "torch" and isinstance(getattr(torch, name, None),
+                                                                                     torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"checkpoint metadata names {module}.{name}, which is not a DCP metadata "
+                                     "class; refusing to load it")
 
 
-def load_model_state(model, sd: dict[str, torch.Tensor]) -> None:
-    if _is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-        set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True))
-    else:
-        unwrap(model).load_state_dict(sd, strict=True)
+def _safe_reader(path: Path):
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs):
+            with open(Path(self.path) / ".metadata", "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(str(path))
 
 
-def load_optimizer_state(model, optimizer, sd: dict) -> None:
-    if _is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-        set_optimizer_state_dict(model, optimizer, sd, options=StateDictOptions(full_state_dict=True))
-    else:
-        optimizer.load_state_dict(sd)
-        _match_state_shapes(optimizer)
+def _tensor_only_planner():
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+
+    class TensorOnlyPlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value):
+            raise ValueError(f"checkpoint entry {read_item.dest_index.fqn} is a pickled object, not a tensor; "
+                             "refusing to unpickle it")
+
+    return TensorOnlyPlanner()
 
 
-def _match_state_shapes(optimizer) -> None:
-    # A parameter that changed shape but not size (FusionModel.logit_scale went from 0-d to 1 element so FSDP
-    # can shard it) would otherwise meet moments of the old shape in the first in-place AdamW update.
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for k, v in optimizer.state.get(p, {}).items():
-                if torch.is_tensor(v) and k != "step" and v.shape != p.shape and v.numel() == p.numel():
-                    optimizer.state[p][k] = v.reshape(p.shape)
+def _dcp_load(sd: dict, path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+    dcp.load(sd, storage_reader=_safe_reader(path), planner=_tensor_only_planner(),
+             no_dist=not (dist.is_available() and dist.is_initialized()))
+
+
+def _dcp_metadata(path: Path):
+    return _safe_reader(path).read_metadata()
+
+
+# -- state dicts for DCP ------------------------------------------------------------------------------
+def _state_dicts(model, optimizer) -> tuple[dict, list]:
+    """({"model": ..., "optim": {"state": ...}} with tensors only, optimizer param_groups for JSON)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    model_sd = get_model_state_dict(model)
+    optim_sd = get_optimizer_state_dict(model, optimizer)
+    return {"model": model_sd, "optim": {"state": optim_sd["state"]}}, optim_sd["param_groups"]
+
+
+def _set_state_dicts(model, optimizer, sd: dict, groups: list) -> None:
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    set_model_state_dict(model, sd["model"])
+    set_optimizer_state_dict(model, optimizer, {"state": sd["optim"]["state"], "param_groups": groups})
+
+
+def _json_groups(groups: list) -> list:
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if torch.is_tensor(v):
+            return v.item()
+        return v
+    return [{k: plain(v) for k, v in g.items()} for g in groups]
 
 
 # -- save -------------------------------------------------------------------------------------------
@@ -127,47 +186,89 @@ def step_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
 
 
-def save(run_dir: str | Path, step: int, *, model, optimizer, train_state: dict, rank_state: dict,
+class Checkpointer:
+    """Collective saves into step directories; one may be in flight (async) while training goes on."""
+
+    def __init__(self, run_dir: str | Path, *, keep_last: int = 3, async_save: bool = False):
+        self.run_dir, self.keep_last, self.async_save = Path(run_dir), keep_last, async_save
+        self._pending = None          # (future, tmp, final)
+        self._group = None
+        if async_save and dist.is_available() and dist.is_initialized():
+            # the background write's collectives must not interleave with training's on the default group
+            self._group = dist.new_group(backend="gloo")
+
+    def save(self, step: int, *, model, optimizer, train_state: dict, data_state: dict, config: dict,
+             tokenizer_path: str = "") -> Path:
+        """Collective: every rank calls it. Returns the final directory (complete once `wait` returned)."""
+        import torch.distributed.checkpoint as dcp
+        self.wait()
+        rank, world = _rank(), _world()
+        final = step_dir(self.run_dir, step)
+        tmp = final.parent / f".tmp_{final.name}"
+        sd, groups = _state_dicts(model, optimizer)        # collective under FSDP
+        if rank == 0:
+            if tmp.exists():
+                shutil.rmtree(tmp)                  # left over by a killed run
+            tmp.mkdir(parents=True)
+        _barrier()
+        torch.save({"rng": rng_state(), "rank": rank}, tmp / f"rng_{rank:05d}.pt")
+        atomic_write_bytes(str(tmp / f"data_{rank:05d}.json"), json.dumps(data_state, sort_keys=True).encode())
+        if rank == 0:
+            atomic_write_bytes(str(tmp / "optim_groups.json"), json.dumps(_json_groups(groups)).encode())
+            atomic_write_bytes(str(tmp / "train_state.json"),
+                               json.dumps({**train_state, "step": step, "world_size": world}).encode())
+            if tokenizer_path and Path(tokenizer_path).is_file():
+                shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+            atomic_write_bytes(str(tmp / "config.json"), json.dumps(config, indent=1, sort_keys=True).encode())
+        writer = dcp.FileSystemWriter(str(tmp / "state"))
+        single = not (dist.is_available() and dist.is_initialized())
+        if self.async_save:
+            self._pending = (dcp.async_save(sd, storage_writer=writer, process_group=self._group, no_dist=single),
+                             tmp, final)
+        else:
+            dcp.save(sd, storage_writer=writer, no_dist=single)
+            self._finish(tmp, final)
+        return final
+
+    def wait(self) -> None:
+        """Finish the save in flight, if any (collective)."""
+        if self._pending is None:
+            return
+        future, tmp, final = self._pending
+        self._pending = None
+        future.result()
+        self._finish(tmp, final)
+
+    def _finish(self, tmp: Path, final: Path) -> None:
+        _barrier()
+        if _rank() == 0:
+            world = _world()
+            missing = [r for r in range(world) if not (tmp / f"rng_{r:05d}.pt").exists()
+                       or not (tmp / f"data_{r:05d}.json").exists()]
+            if missing or not (tmp / "state" / ".metadata").exists():
+                raise RuntimeError(f"checkpoint {tmp}: files of rank(s) {missing or 'all'} not visible to rank 0; "
+                                   "run_dir must be on a filesystem shared by all nodes")
+            _fsync_tree(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            prune(self.run_dir, self.keep_last)
+        _barrier()
+
+
+def save(run_dir: str | Path, step: int, *, model, optimizer, train_state: dict, data_state: dict,
          config: dict, tokenizer_path: str = "", keep_last: int = 3) -> Path:
-    """Collective: every rank calls it. Returns the final directory."""
-    rank, world = _rank(), _world()
-    final = step_dir(run_dir, step)
-    tmp = final.parent / f".tmp_{final.name}"
-    model_sd = full_model_state(model)          # collective under FSDP
-    optim_sd = full_optimizer_state(model, optimizer)
-    if rank == 0:
-        if tmp.exists():
-            shutil.rmtree(tmp)                  # left over by a killed run
-        tmp.mkdir(parents=True)
-    _barrier()
-    torch.save({**rank_state, "rng": rng_state(), "rank": rank}, tmp / f"rank_{rank:05d}.pt")
-    if rank == 0:
-        save_file({k: v.contiguous() for k, v in model_sd.items()}, str(tmp / "model.safetensors"),
-                  metadata={"step": str(step)})
-        torch.save(optim_sd, tmp / "optimizer.pt")
-        torch.save({**train_state, "step": step, "world_size": world}, tmp / "train_state.pt")
-        if tokenizer_path and Path(tokenizer_path).is_file():
-            shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
-        (tmp / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
-    _barrier()
-    if rank == 0:
-        missing = [r for r in range(world) if not (tmp / f"rank_{r:05d}.pt").exists()]
-        if missing:
-            raise RuntimeError(f"checkpoint {tmp}: rank file(s) {missing} not visible to rank 0; "
-                               "run_dir must be on a filesystem shared by all nodes")
-        _fsync_dir_files(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        prune(run_dir, keep_last)
-    _barrier()
-    return final
+    """Synchronous save (collective)."""
+    return Checkpointer(run_dir, keep_last=keep_last).save(
+        step, model=model, optimizer=optimizer, train_state=train_state, data_state=data_state, config=config,
+        tokenizer_path=tokenizer_path)
 
 
-def _fsync_dir_files(d: Path) -> None:
-    for f in d.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+def _fsync_tree(d: Path) -> None:
+    for f in d.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -182,10 +283,14 @@ def prune(run_dir: str | Path, keep_last: int) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def _is_legacy(ckpt: Path) -> bool:
+    return (ckpt / "model.safetensors").is_file() and not (ckpt / "state").is_dir()
+
+
 def resolve(path: str | Path) -> Path:
     """A step dir, or a run dir / checkpoints dir (-> its latest step)."""
     p = Path(path)
-    if STEP_DIR.match(p.name) and (p / "train_state.pt").exists():
+    if STEP_DIR.match(p.name) and ((p / "train_state.json").exists() or (p / "train_state.pt").exists()):
         return p
     run_dir = p.parent if p.name == "checkpoints" else p
     found = list_checkpoints(run_dir)
@@ -196,33 +301,69 @@ def resolve(path: str | Path) -> Path:
 
 # -- load -------------------------------------------------------------------------------------------
 def load_train_state(ckpt: Path) -> dict:
+    if (ckpt / "train_state.json").exists():
+        return json.loads((ckpt / "train_state.json").read_text())
     return torch.load(ckpt / "train_state.pt", weights_only=True, map_location="cpu")
 
 
-def load(ckpt: str | Path, *, model, optimizer) -> tuple[dict, dict]:
-    """Restores model, optimizer and this rank's RNG; returns (train_state, this rank's state)."""
+def load_data_state(ckpt: Path) -> dict:
+    """The data position of every stream, merged from the per-rank files of the saving run."""
+    from training.data import merge_states
+    files = sorted(ckpt.glob("data_*.json"))
+    if not files:
+        raise FileNotFoundError(f"{ckpt} has no data_*.json (a checkpoint of an older format?)")
+    return merge_states([json.loads(f.read_text()) for f in files])
+
+
+def load(ckpt: str | Path, *, model, optimizer, seed: int = 0) -> tuple[dict, dict]:
+    """Restores model and optimizer (resharding to this world size) and this rank's RNG (same world size)
+    or a fresh per-rank seed (another world size); returns (train_state, data state of the whole run)."""
     ckpt = resolve(ckpt)
     state = load_train_state(ckpt)
     world, rank = _world(), _rank()
-    if state["world_size"] != world:
-        raise ValueError(
-            f"checkpoint {ckpt} was written by {state['world_size']} process(es), this run has {world}. "
-            "Exact resume needs the same world size (each rank's data position and RNG are its own); "
-            "relaunch with the same --nnodes x --nproc-per-node, or start a new run_dir with "
-            "checkpoint.resume = \"none\" and init from these weights.")
-    load_model_state(model, load_file(str(ckpt / "model.safetensors")))
-    load_optimizer_state(model, optimizer, torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
-    rank_state = torch.load(ckpt / f"rank_{rank:05d}.pt", weights_only=True, map_location="cpu")
-    set_rng_state(rank_state["rng"])
-    return state, rank_state
+    if _is_legacy(ckpt):
+        raise ValueError(f"checkpoint {ckpt} has the older full-state format (model.safetensors, per-worker data "
+                         "positions), which cannot resume here; start a new run_dir initialised from its weights")
+    sd, _ = _state_dicts(model, optimizer)
+    _dcp_load(sd, ckpt / "state")
+    _set_state_dicts(model, optimizer, sd, json.loads((ckpt / "optim_groups.json").read_text()))
+    if state["world_size"] == world:
+        set_rng_state(torch.load(ckpt / f"rng_{rank:05d}.pt", weights_only=True, map_location="cpu")["rng"])
+    else:
+        from training.data import mix_seed
+        s = mix_seed(seed, "rank", rank, "resumed at", state["step"])
+        torch.manual_seed(s)
+        np.random.seed(s % 2**32)
+        random.seed(s)
+    return state, load_data_state(ckpt)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """model.safetensors of a step dir (or the latest step of a run dir)."""
+    """Full model weights of a step dir (or the latest step of a run dir, or a .safetensors file), in
+    one process: DCP shards are read into full CPU tensors (the whole model in host memory)."""
     p = Path(path)
     if p.is_file():
         return load_file(str(p))
-    return load_file(str(resolve(p) / "model.safetensors"))
+    ckpt = resolve(p)
+    if _is_legacy(ckpt):
+        return load_file(str(ckpt / "model.safetensors"))
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    meta = _dcp_metadata(ckpt / "state")
+    model = {}
+    for key, m in meta.state_dict_metadata.items():
+        if key.startswith("model.") and isinstance(m, TensorStorageMetadata):
+            model[key[len("model."):]] = torch.empty(m.size, dtype=m.properties.dtype)
+    sd = {"model": model}
+    _dcp_load(sd, ckpt / "state")
+    return sd["model"]
+
+
+def export_safetensors(ckpt_dir: str | Path, out: str | Path) -> Path:
+    """One `model.safetensors` with the full weights of a sharded checkpoint (single process)."""
+    sd = load_weights(ckpt_dir)
+    out = Path(out)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(out))
+    return out
 
 
 def load_for_inference(ckpt_dir: str | Path, *, device: str | torch.device = "cpu"):
@@ -236,7 +377,7 @@ def load_for_inference(ckpt_dir: str | Path, *, device: str | torch.device = "cp
         raise ValueError(f"{ckpt} is a {cfg.get('stage')!r}-stage checkpoint; load_for_inference needs the "
                          "fusion stage (the MAE stage trains only the vision encoder)")
     model = FusionModel(ModelConfig.from_dict(cfg["model"]))
-    model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=True)
+    model.load_state_dict(load_weights(ckpt), strict=True)
     model.to(device).eval()
     tok_path = ckpt / "tokenizer.model"
     tokenizer = Tokenizer.load(tok_path if tok_path.exists() else cfg["tokenizer"])

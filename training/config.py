@@ -29,6 +29,7 @@ from shards.tomlconfig import (
 STAGES = ("mae", "fusion")
 PRECISIONS = ("bf16", "fp32")
 PARALLELS = ("ddp", "fsdp")
+REDUCE_DTYPES = ("fp32", "bf16")
 PRESETS = ("tiny", "base", "large")
 
 # ImageNet's per-channel statistics: the pixel normalisation of training and, read back from a checkpoint's
@@ -60,13 +61,18 @@ class ModelSection:
 class DataConfig:
     shards: str = ""                  # dir | manifest.json | brace pattern | glob (shards.resolve)
     num_workers: int = 2              # DataLoader worker processes per rank (0 = in the main process)
-    shuffle_buffer: int = 1000        # samples held by each reader for shuffling
+    shuffle_buffer: int = 1000        # tar samples per shuffle window within a shard (one window per stream in memory)
     max_tokens: int = 77
     include_captions: bool = True     # one sample per caption of each image
     include_qa: bool = True           # one sample per QA pair of each image
     prefetch_factor: int = 2
+    # streams of the world-size-independent data order (training.data), fixed for a run at its first start;
+    # 0 = world size x max(1, num_workers) then. To resume on other world sizes pick a multiple of each
+    # world size x workers that divides batch.global_batch (e.g. 512 for 32..128 GPUs x 4 workers, batch 2048)
+    streams: int = 0
 
     def __post_init__(self):
+        check_range("data.streams", self.streams, 0)
         check_range("data.num_workers", self.num_workers, 0)
         check_range("data.shuffle_buffer", self.shuffle_buffer, 1)
         check_range("data.max_tokens", self.max_tokens, 8, 4096)
@@ -151,6 +157,15 @@ class TrainConfig:
     stop_at_step: int = 0             # stop early (checkpointing) without changing the schedule; 0 = run to the end
     find_unused_parameters: bool = False
     max_skipped_steps: int = 100      # abort when this many steps had a non-finite loss or gradient
+    device: str = "auto"              # "auto" (one GPU per process when CUDA exists, else CPU) | "cpu" | "cuda"
+    # collectives wait this long before failing: a resume seeks instead of replaying data, so the longest
+    # legitimate wait is a checkpoint write or the first batch; the NCCL default (10 min) can be too short
+    pg_timeout_s: float = 1800.0
+    # speed levers (README, "Where the recipe departs from the paper's text and why")
+    compile: bool = False             # torch.compile each transformer block (fewer kernel launches; slow start)
+    reduce_dtype: str = "fp32"        # gradient reduction dtype; "bf16" halves DDP/FSDP gradient traffic
+    text_bucket: int = 0              # 0: text keeps the loader's fixed max_tokens (one static shape); N > 0:
+                                      # trim right padding to the batch's longest row rounded up to N
 
     def __post_init__(self):
         check_choice("train.precision", self.precision, PRECISIONS)
@@ -158,6 +173,10 @@ class TrainConfig:
         check_range("train.clip_norm", self.clip_norm, 0)
         check_range("train.stop_at_step", self.stop_at_step, 0)
         check_range("train.max_skipped_steps", self.max_skipped_steps, 0)
+        check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        check(self.pg_timeout_s > 0, "train.pg_timeout_s", f"must be > 0, got {self.pg_timeout_s}")
+        check_choice("train.reduce_dtype", self.reduce_dtype, REDUCE_DTYPES)
+        check_range("train.text_bucket", self.text_bucket, 0)
 
 
 @dataclass(kw_only=True)
@@ -165,6 +184,7 @@ class CheckpointConfig:
     every_steps: int = 1000
     keep_last: int = 3
     resume: str = "auto"              # "auto" (latest in run_dir if any) | "none" | path to a step dir
+    async_save: bool = False          # write in a background thread; the step dir appears when all ranks finished
 
     def __post_init__(self):
         check_range("checkpoint.every_steps", self.every_steps, 1)
@@ -174,12 +194,16 @@ class CheckpointConfig:
 
 @dataclass(kw_only=True)
 class LoggingConfig:
-    every_steps: int = 10             # JSON lines and TensorBoard are written every step; this paces the console
+    every_steps: int = 10             # paces the console; JSON lines / TensorBoard follow metrics_every_steps
+    metrics_every_steps: int = 1      # one record (window means) per N steps; the only host sync of the loop
     tensorboard: bool = True
     progress: bool = True             # rank-0 progress bar with ETA on stderr
+    sample_keys: bool = False         # each rank appends the keys (and texts) it trained on per step to
+                                      # RUN/samples/rank_XXXXX.jsonl: an audit of the data order across resumes
 
     def __post_init__(self):
         check_range("logging.every_steps", self.every_steps, 1)
+        check_range("logging.metrics_every_steps", self.metrics_every_steps, 1)
 
 
 @dataclass(kw_only=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from training.config import RunConfig
-from training.data import check_enough_shards
+from training.data import check_enough_shards, check_stream_layout
 from training.plan import make_plan
 
 
@@ -48,8 +48,12 @@ def preflight(cfg: RunConfig, *, nnodes: int, nproc_per_node: int) -> None:
     cfg.check_paths()
     make_plan(cfg, nnodes=nnodes, nproc_per_node=nproc_per_node)
     from shards import resolve
-    check_enough_shards(len(resolve(cfg.data.shards)), world_size=nnodes * nproc_per_node,
-                        readers_per_rank=max(1, cfg.data.num_workers))
+    shards = resolve(cfg.data.shards)
+    check_enough_shards(len(shards), world_size=nnodes * nproc_per_node,
+                        readers_per_rank=max(1, cfg.data.num_workers), streams=cfg.data.streams)
+    if cfg.data.streams:   # with 0 a resumed run takes the checkpoint's count, checked when it loads
+        check_stream_layout(streams=cfg.data.streams, world_size=nnodes * nproc_per_node,
+                            readers_per_rank=max(1, cfg.data.num_workers), global_batch=cfg.batch.global_batch)
 
 
 def slurm_script(cmd_args: list[str], *, nnodes: int, nproc_per_node: int, job_name: str, log_dir: str,

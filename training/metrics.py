@@ -1,9 +1,11 @@
-"""What an engineer needs to trust a run, per step: JSON lines, TensorBoard, a rank-0 progress bar.
+"""What an engineer needs to trust a run: JSON lines, TensorBoard, a rank-0 progress bar.
 
-`metrics.jsonl` in the run dir: one object per optimizer step, e.g.
-    {"step": 12, "loss": 3.1, "lm": ..., "itc": ..., "lr": 1.2e-4, "grad_norm": 0.8, "skipped": false,
-     "skipped_steps": 0, "samples_per_s": 81.0, "tokens_per_s": 2400.0, "data_wait": 0.04,
+`metrics.jsonl` in the run dir: one object per `logging.metrics_every_steps` optimizer steps (and at
+evaluation, checkpoint and final steps), with means over the steps since the previous record, e.g.
+    {"step": 12, "steps": 1, "loss": 3.1, "lm": ..., "itc": ..., "lr": 1.2e-4, "grad_norm": 0.8,
+     "skipped": false, "skipped_steps": 0, "samples_per_s": 81.0, "tokens_per_s": 2400.0, "data_wait": 0.04,
      "mfu": 0.43 (GPU only), "peak_mem_mb": 812.0, "data_skipped": {"bad_image": 1}, "time": ...}
+Between records the step results stay on the device (`MetricsWindow`): no step waits for the GPU.
 and eval records {"step": 100, "eval": {"caption_loss": ...}, "captions": [...]}.
 MFU = achieved model FLOP/s per device / the device's dense bf16 peak (table below; unknown
 devices get no MFU rather than a made-up one).
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 # dense (no sparsity) bf16 tensor-core peaks, FLOP/s, from the vendors' datasheets
 GPU_PEAK_BF16 = [
@@ -41,6 +44,48 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB -> MiB (process RSS)
+
+
+class MetricsWindow:
+    """Step results since the last record, summed as device tensors (one small tensor per window, whatever
+    its length); `flush` does the window's one collective and its one host read."""
+
+    def __init__(self) -> None:
+        self._sum: torch.Tensor | None = None
+        self._names: list[str] = []
+        self.steps = 0
+        self.tokens = 0.0          # this rank's, counted on the host from the loader's masks
+
+    def add(self, result, *, tokens: float = 0.0) -> None:
+        names = sorted(result.parts)
+        vec = torch.stack([result.loss.float(), *(result.parts[k].float() for k in names),
+                           result.grad_norm.float(), result.skipped.float()])
+        if self._sum is not None and names != self._names:
+            raise ValueError(f"step results changed their parts within a window: {self._names} -> {names}")
+        self._names = names
+        self._sum = vec if self._sum is None else self._sum + vec
+        self.steps += 1
+        self.tokens += tokens
+
+    def flush(self) -> dict:
+        """{"loss", each part, "grad_norm": means over the window's steps (losses also over ranks),
+        "skipped": steps skipped in the window, "tokens": all ranks' tokens in the window}; resets."""
+        if self._sum is None:
+            raise ValueError("flush of an empty metrics window")
+        vec = torch.cat((self._sum, torch.tensor([self.tokens], device=self._sum.device)))
+        world = 1
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(vec)                 # SUM (gloo has no AVG); the norm and skips are equal on all ranks
+            world = dist.get_world_size()
+        values = vec.tolist()                    # the host sync
+        *sums, tokens = values
+        names = ["loss", *self._names, "grad_norm", "skipped"]
+        out = {k: v / world / self.steps for k, v in zip(names, sums)}
+        out["skipped"] = round(sums[-1] / world)
+        out["tokens"] = tokens
+        out["steps"] = self.steps
+        self.__init__()
+        return out
 
 
 class MetricsLogger:

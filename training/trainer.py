@@ -23,7 +23,7 @@ from training.augment import jitter_flip_normalise
 from training.config import RunConfig
 from training.data import Loader, ShardStream, check_enough_shards, mix_seed
 from training.loop import train_step
-from training.metrics import MetricsLogger, device_peak_flops, peak_memory_mb
+from training.metrics import MetricsLogger, MetricsWindow, device_peak_flops, peak_memory_mb
 from training.optim import build_optimizer, lr_at
 from training.plan import micro_batch_for
 
@@ -31,18 +31,30 @@ log = logging.getLogger("training")
 
 
 # -- set-up pieces ------------------------------------------------------------------------------------
-def init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device). NCCL + one GPU per process when CUDA exists, else gloo on CPU."""
+def init_distributed(train=None) -> tuple[int, int, torch.device]:
+    """(rank, world size, device). NCCL + one GPU per process when CUDA is used (plus gloo for CPU-side
+    collectives such as async checkpoint writes), else gloo on CPU. `train.device` picks; the process
+    group times out after `train.pg_timeout_s`."""
+    from datetime import timedelta
+    want = getattr(train, "device", "auto")
+    use_cuda = torch.cuda.is_available() and want != "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device = \"cuda\" but torch sees no CUDA device")
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return 0, 1, torch.device("cuda" if use_cuda else "cpu")
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
+    timeout = timedelta(seconds=getattr(train, "pg_timeout_s", 1800.0))
+    if use_cuda:
+        if local >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"local rank {local} needs GPU {local} but this node has {torch.cuda.device_count()}: start at most "
+                f"{torch.cuda.device_count()} process(es) per node, or set train.device = \"cpu\"")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("cpu:gloo,cuda:nccl", device_id=device, timeout=timeout)
     else:
         device = torch.device("cpu")
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout)
     return rank, world, device
 
 
@@ -119,13 +131,28 @@ def build_model(cfg: RunConfig, mcfg):
     return model
 
 
+def compile_blocks(model: torch.nn.Module) -> int:
+    """torch.compile each transformer block in place (train.compile); returns how many.
+
+    Per block, not the whole model: FSDP shards per block, graph breaks stay local, and blocks of one class
+    share a compiled graph (their parameters are graph inputs), so compile time does not grow with depth.
+    Module names and state dicts are unchanged (nn.Module.compile), so checkpoints do not see it."""
+    blocks = [block for m in model.modules() if isinstance(m, torch.nn.ModuleList) for block in m]
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
 def parallelize(model, cfg: RunConfig, device: torch.device, world: int):
+    if cfg.train.compile:
+        compile_blocks(model)
     if world == 1:
         return model
+    reduce_dtype = torch.bfloat16 if cfg.train.reduce_dtype == "bf16" else torch.float32
     if cfg.train.parallel == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if amp_dtype(cfg, device) is not None else MixedPrecisionPolicy()
+        param_dtype = torch.bfloat16 if amp_dtype(cfg, device) is not None else None
+        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
         # shard each transformer block on its own so only one block is gathered at a time
         for m in list(model.modules()):
             if isinstance(m, torch.nn.ModuleList):
@@ -133,8 +160,12 @@ def parallelize(model, cfg: RunConfig, device: torch.device, world: int):
                     fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
         return model
-    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-               find_unused_parameters=cfg.train.find_unused_parameters)
+    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+              find_unused_parameters=cfg.train.find_unused_parameters)
+    if reduce_dtype == torch.bfloat16:
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
+        ddp.register_comm_hook(None, bf16_compress_hook)   # bf16 on the wire, fp32 gradients in memory
+    return ddp
 
 
 def amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
@@ -146,28 +177,39 @@ def amp_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
 
 
 def make_stream(cfg: RunConfig, *, shards: list, rank: int, world: int, micro_batch: int, image_size: int,
-                train: bool = True) -> ShardStream:
-    """The run's data stream: its data and augment sections as they are, plus what the run derived."""
+                train: bool = True, streams: int = 0) -> ShardStream:
+    """The run's data stream: its data and augment sections as they are, plus what the run derived
+    (`streams`: V, 0 = world x loader workers; the eval stream is one ordered pass)."""
     return ShardStream(shards, data=cfg.data, augment=cfg.augment, stage=cfg.stage, seed=cfg.seed,
                        tokenizer=tokenizer_path(cfg), image_size=image_size, micro_batch=micro_batch,
-                       rank=rank, world_size=world, train=train)
+                       rank=rank, world_size=world, grad_accum=cfg.batch.grad_accum, streams=streams, train=train)
 
 
 def to_device(batch: dict, device: torch.device, cfg: RunConfig) -> dict:
-    """Loader batch (uint8 crops + per-sample flip/jitter) -> model batch; augmentation finishes here."""
+    """Loader batch (uint8 crops + per-sample flip/jitter) -> model batch; augmentation finishes here.
+    With train.text_bucket > 0 a right-padded batch is first trimmed, on the host, to its longest row
+    rounded up to the bucket (at most max_tokens / bucket distinct shapes for compiled graphs)."""
     nb = device.type == "cuda"
     out = {"image": jitter_flip_normalise(batch["image"].to(device, non_blocking=nb),
                                           batch["flip"].to(device), batch["jitter"].to(device),
                                           cfg.augment.mean, cfg.augment.std)}
-    for k in ("input_ids", "attention_mask", "loss_mask", "itc_mask", "is_vqa", "image_id"):
-        if k in batch:
-            out[k] = batch[k].to(device, non_blocking=nb)
+    right_padded = False
     if "attention_mask" in batch and batch["attention_mask"].device.type == "cpu":
         # checked on the loader's host copy, so no device sync: a padding token followed by a real one
         # anywhere means some row is not right-padded, and the model keeps its explicit padding mask
         am = batch["attention_mask"].bool()
-        if not bool((am[:, 1:] & ~am[:, :-1]).any()):
-            out["padding_side"] = "right"   # lets the model run maskless causal (flash) attention
+        right_padded = not bool((am[:, 1:] & ~am[:, :-1]).any())
+    length = None
+    if right_padded and cfg.train.text_bucket > 0:
+        longest = int(batch["attention_mask"].sum(1).max())
+        length = min(batch["attention_mask"].shape[1], -(-longest // cfg.train.text_bucket) * cfg.train.text_bucket)
+    for k in ("input_ids", "attention_mask", "loss_mask", "itc_mask", "is_vqa", "image_id"):
+        if k in batch:
+            v = batch[k][:, :length] if length is not None and k in ("input_ids", "attention_mask", "loss_mask") \
+                else batch[k]
+            out[k] = v.to(device, non_blocking=nb)
+    if right_padded:
+        out["padding_side"] = "right"   # lets the model run maskless causal (flash) attention
     return out
 
 
@@ -210,7 +252,7 @@ def evaluate(model, cfg: RunConfig, *, shards: list, tokenizer, image_size: int,
 def run(cfg: RunConfig) -> dict:
     from shards import resolve
 
-    rank, world, device = init_distributed()
+    rank, world, device = init_distributed(cfg.train)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
     try:
@@ -224,7 +266,8 @@ def _run(cfg: RunConfig, rank: int, world: int, device: torch.device, resolve) -
     micro = micro_batch_for(cfg, world)
     accum = cfg.batch.grad_accum
     shards = resolve(cfg.data.shards)   # ShardRefs: the manifest's sizes and digests travel with them
-    check_enough_shards(len(shards), world_size=world, readers_per_rank=max(1, cfg.data.num_workers))
+    check_enough_shards(len(shards), world_size=world, readers_per_rank=max(1, cfg.data.num_workers),
+                        streams=cfg.data.streams)
     run_dir = Path(cfg.run_dir)
 
     seed_everything(cfg.seed)                      # identical initial weights on every rank
@@ -243,12 +286,20 @@ def _run(cfg: RunConfig, rank: int, world: int, device: torch.device, resolve) -
     elif cfg.checkpoint.resume != "none":
         resume_from = ckpt_lib.resolve(cfg.checkpoint.resume)
     if resume_from is not None:
-        train_state, rank_state = ckpt_lib.load(resume_from, model=model, optimizer=optimizer)
-        step, skipped_steps, data_state = train_state["step"], train_state["skipped_steps"], rank_state["data"]
-        log.info("resumed from %s at step %d", resume_from, step)
+        train_state, data_state = ckpt_lib.load(resume_from, model=model, optimizer=optimizer, seed=cfg.seed)
+        step, skipped_steps = train_state["step"], train_state["skipped_steps"]
+        log.info("resumed from %s at step %d (written by %d process(es), now %d)", resume_from, step,
+                 train_state["world_size"], world)
+    streams = cfg.data.streams or world * max(1, cfg.data.num_workers)
+    if data_state is not None:
+        if cfg.data.streams and cfg.data.streams != data_state["num_streams"]:
+            raise ValueError(f"data.streams={cfg.data.streams} but the checkpoint's run has "
+                             f"{data_state['num_streams']} streams; a run's streams are fixed at its first start "
+                             "(leave data.streams = 0 to take the checkpoint's)")
+        streams = int(data_state["num_streams"])
 
     loader = Loader(make_stream(cfg, shards=shards, rank=rank, world=world, micro_batch=micro,
-                                image_size=mcfg.image_size),
+                                image_size=mcfg.image_size, streams=streams),
                     pin_memory=device.type == "cuda", state=data_state)
     eval_shards = resolve(cfg.eval.shards) if cfg.eval.shards else []
 
@@ -260,7 +311,7 @@ def _run(cfg: RunConfig, rank: int, world: int, device: torch.device, resolve) -
     flops = _flops_per_sample(mcfg, cfg)
     device_name, peak = device_peak_flops(device)
     config_record = cfg.to_record(model=mcfg.to_dict(), tokenizer=tokenizer_path(cfg),
-                                  world_size=world, micro_batch=micro, device=device_name)
+                                  world_size=world, micro_batch=micro, device=device_name, data_streams=streams)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config_record, indent=1, sort_keys=True))
@@ -268,66 +319,85 @@ def _run(cfg: RunConfig, rank: int, world: int, device: torch.device, resolve) -
                  cfg.stage, world, micro, accum, micro * world * accum, device_name, amp,
                  sum(p.numel() for p in model.parameters()))
 
+    checkpointer = ckpt_lib.Checkpointer(run_dir, keep_last=cfg.checkpoint.keep_last,
+                                         async_save=cfg.checkpoint.async_save)
+
     def save_checkpoint():
-        ckpt_lib.save(run_dir, step, model=model, optimizer=optimizer,
-                      train_state={"skipped_steps": skipped_steps,
-                                   "scheduler": {"step": step, "lr": lr_at(step, cfg.optim.lr, cfg.schedule)}},
-                      rank_state={"data": loader.state_dict()}, config=config_record,
-                      tokenizer_path=config_record["tokenizer"], keep_last=cfg.checkpoint.keep_last)
+        checkpointer.save(step, model=model, optimizer=optimizer,
+                          train_state={"skipped_steps": skipped_steps,
+                                       "scheduler": {"step": step, "lr": lr_at(step, cfg.optim.lr, cfg.schedule)}},
+                          data_state=loader.state_dict(), config=config_record,
+                          tokenizer_path=config_record["tokenizer"])
 
     last_saved = step
+    window = MetricsWindow()
+    t_window, wait = time.perf_counter(), 0.0
     while step < end:
-        t_start = time.perf_counter()
-        wait = 0.0
-        micro_batches = []
+        micro_batches, tokens, consumed = [], 0.0, []
         for _ in range(accum):
             t = time.perf_counter()
             batch = next(loader)
             wait += time.perf_counter() - t
+            tokens += _local_tokens(batch, cfg, mcfg)
             micro_batches.append(to_device(batch, device, cfg))
+            if cfg.logging.sample_keys:
+                consumed += [[k, txt] for k, txt in zip(batch["key"], batch.get("text") or [""] * len(batch["key"]))]
+        if cfg.logging.sample_keys:
+            _append_sample_keys(run_dir, rank, step + 1, consumed)
         result = train_step(model, optimizer, micro_batches, lr=lr_at(step, cfg.optim.lr, cfg.schedule),
                             clip_norm=cfg.train.clip_norm, amp_dtype=amp)
         step += 1
-        tokens = _count_tokens(micro_batches, cfg, mcfg, device)
-        dt = time.perf_counter() - t_start
-        skipped_steps += int(result.skipped)
-        samples_per_s = micro * accum * world / dt
-        record = {"step": step, "loss": result.loss, **result.parts, "lr": result.lr, "grad_norm": result.grad_norm,
-                  "skipped": result.skipped, "skipped_steps": skipped_steps, "samples_per_s": samples_per_s,
-                  "tokens_per_s": tokens / dt, "data_wait": wait / dt,
-                  "mfu": (flops * samples_per_s / world / peak) if (peak and flops) else None,
-                  "peak_mem_mb": peak_memory_mb(device), "data_skipped": loader.skipped_total(),
-                  "time": time.time()}
-        metrics.log(record)
-        if skipped_steps > cfg.train.max_skipped_steps:
-            raise RuntimeError(f"{skipped_steps} steps had a non-finite loss or gradient norm "
-                               f"(train.max_skipped_steps={cfg.train.max_skipped_steps}); stopping")
-        if eval_shards and (step % cfg.eval.every_steps == 0 or step == total):
+        window.add(result, tokens=tokens)
+        evaluating = bool(eval_shards) and (step % cfg.eval.every_steps == 0 or step == total)
+        saving = step % cfg.checkpoint.every_steps == 0 or step == end
+        if step % cfg.logging.metrics_every_steps == 0 or evaluating or saving:
+            values = window.flush()            # the loop's only host sync (and its one metrics collective)
+            dt = time.perf_counter() - t_window
+            skipped_now, n_steps, tokens_all = values.pop("skipped"), values.pop("steps"), values.pop("tokens")
+            skipped_steps += skipped_now
+            samples_per_s = micro * accum * world * n_steps / dt
+            record = {"step": step, "steps": n_steps, **values, "lr": result.lr,
+                      "skipped": skipped_now,     # steps skipped since the previous record
+                      "skipped_steps": skipped_steps, "samples_per_s": samples_per_s,
+                      "tokens_per_s": tokens_all / dt, "data_wait": wait / dt,
+                      "mfu": (flops * samples_per_s / world / peak) if (peak and flops) else None,
+                      "peak_mem_mb": peak_memory_mb(device), "data_skipped": loader.skipped_total(),
+                      "time": time.time()}
+            metrics.log(record)
+            if skipped_steps > cfg.train.max_skipped_steps:
+                raise RuntimeError(f"{skipped_steps} steps had a non-finite loss or gradient norm "
+                                   f"(train.max_skipped_steps={cfg.train.max_skipped_steps}); stopping")
+        if evaluating:
             metrics.log({"step": step, **evaluate(model, cfg, shards=eval_shards, tokenizer=tokenizer,
                                                   image_size=mcfg.image_size, device=device, micro_batch=micro,
                                                   amp=amp)})
-        if step % cfg.checkpoint.every_steps == 0 or step == end:
+        if saving:
             save_checkpoint()
             last_saved = step
+        if window.steps == 0:             # a record was written: the next window starts after eval/checkpoint
+            t_window, wait = time.perf_counter(), 0.0
     if last_saved != step:
         save_checkpoint()
+    checkpointer.wait()
     metrics.close()
     if rank == 0:
         log.info("done at step %d; metrics: %s; checkpoints: %s", step, metrics.path, run_dir / "checkpoints")
     return {"step": step, "metrics": str(metrics.path), "checkpoints": str(run_dir / "checkpoints")}
 
 
-def _count_tokens(micro_batches, cfg, mcfg, device) -> float:
-    """Tokens this step on all ranks: real text tokens (fusion) or visible patches (MAE)."""
+def _append_sample_keys(run_dir: Path, rank: int, step: int, consumed: list) -> None:
+    path = run_dir / "samples" / f"rank_{rank:05d}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps({"step": step, "samples": consumed}) + "\n")
+
+
+def _local_tokens(batch: dict, cfg, mcfg) -> float:
+    """This rank's tokens in one loader batch, counted on the host copy (no device work): real text
+    tokens (fusion) or visible patches (MAE). Summed over ranks once per metrics record."""
     if cfg.stage == "fusion":
-        local = sum(mb["attention_mask"].sum() for mb in micro_batches).float()
-    else:
-        local = torch.tensor(float(sum(mb["image"].shape[0] for mb in micro_batches) * mcfg.num_visible_patches),
-                             device=device)
-    if dist.is_initialized():
-        local = local.clone()
-        dist.all_reduce(local)
-    return float(local)
+        return float(batch["attention_mask"].sum())
+    return float(batch["image"].shape[0] * mcfg.num_visible_patches)
 
 
 def _flops_per_sample(mcfg, cfg) -> float | None:

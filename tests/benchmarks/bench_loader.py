@@ -87,7 +87,7 @@ def run_ours(paths: list[str], batch: int, *, fast_decode: bool, size: int = 224
     from training.data import ShardStream
     stream = ShardStream(paths, data=DataConfig(num_workers=0, shuffle_buffer=1),
                          augment=AugmentConfig(fast_decode=fast_decode), stage="mae", seed=0, tokenizer="",
-                         image_size=size, micro_batch=batch, positions=[(0, 0)])
+                         image_size=size, micro_batch=batch)
     total = sum(1 for _ in _one_epoch_len(paths))
     n, t0 = 0, time.perf_counter()
     for b in stream:

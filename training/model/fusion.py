@@ -9,6 +9,10 @@ Objectives (weights in ModelConfig):
   (captions of one image) are not negatives of each other. In training under torch.distributed (and
   cfg.itc_gather), the negatives are the rows of every data-parallel rank, not only the local micro-batch.
 
+In training (`training.loop`) the token losses are normalised by the optimizer step's global count of each
+task's target tokens (`LossNorm`, from `target_counts`), not by the micro-batch's own count, so the
+gradient of a global batch does not depend on how it is split into ranks x accumulation x micro-batch.
+
 Attention: batch["padding_side"] == "right" (every row's real tokens first; the trainer sets it after checking
 the host copy of attention_mask) lets the text tower and fusion stack use plain causal attention with no
 explicit mask, so fused (flash / memory-efficient) kernels can run. Causality already hides the pads that
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,6 +39,18 @@ from .text import TextTransformer, attention_inputs
 from .vit import VisionEncoder
 
 TASKS = ("caption", "vqa")
+
+
+@dataclass(frozen=True)
+class LossNorm:
+    """One optimizer step's normalisation for `FusionModel.forward` (built by `training.loop`).
+
+    denominators: float [3] = (caption, vqa, caption + vqa) target tokens of the whole step on all ranks,
+    each clamped to >= 1 (a task absent from the step gives 0, not NaN), divided by the data-parallel world
+    size because DDP/FSDP average gradients over ranks; micro_steps: accumulation steps in the step."""
+
+    denominators: torch.Tensor
+    micro_steps: int
 PADDING_SIDES = ("right", "left")
 
 
@@ -119,7 +136,15 @@ class FusionModel(nn.Module):
         return self.logits(h)
 
     # ------------------------------------------------------------ training forward
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def target_counts(self, batch: dict[str, Any]) -> torch.Tensor:
+        """float [2]: (caption, vqa) target tokens in this batch, from its masks alone (no forward).
+
+        The loop sums these over a step's micro-batches and all-reduces them once, before any forward, to
+        get the `LossNorm` denominators; the reduction stays on the masks' device, so it needs no host sync."""
+        caption_tokens, vqa_tokens = self._target_masks(batch)
+        return torch.stack((caption_tokens.sum(), vqa_tokens.sum()))
+
+    def forward(self, batch: dict[str, Any], norm: LossNorm | None = None) -> dict[str, torch.Tensor]:
         """batch: image float [B,3,S,S], input_ids long [B,T], attention_mask bool [B,T], loss_mask bool [B,T],
         itc_mask bool [B] (default all True); optional task list[str] ("caption"|"vqa") or is_vqa bool [B];
         optional image_id long [B]: rows with the same id show the same picture (several captions of one image),
@@ -128,9 +153,14 @@ class FusionModel(nn.Module):
         optional padding_side "right" | "left": "right" promises every row is real tokens then padding, which
         allows the maskless causal fast path (module docstring).
 
-        Returns scalars: loss (weighted total), lm (all target tokens), caption, vqa, itc, itc_scale. Under
-        contrastive gathering (`itc_gather`), itc on one rank is that rank's share scaled so that its mean
-        over ranks is the loss of the concatenated batch (see `info_nce`)."""
+        Returns scalars: loss (weighted total), lm (all target tokens), caption, vqa, itc, itc_scale.
+        Without `norm` each is this batch's own mean (evaluation, scoring). With `norm` (training) each is
+        this micro-batch's share of the step's objective: token losses are sums over this batch's target
+        tokens divided by the step's global count of that task's target tokens (per data-parallel rank, see
+        `LossNorm`), and itc is divided by the number of micro-steps; summing them over micro-steps and
+        averaging over ranks (what accumulation + DDP/FSDP do to gradients) gives the same objective however
+        the global batch is split. Under contrastive gathering (`itc_gather`), itc on one rank is that rank's
+        share scaled so that its mean over ranks is the loss of the concatenated batch (see `info_nce`)."""
         images, input_ids = batch["image"], batch["input_ids"]
         B, T = input_ids.shape
         device = input_ids.device
@@ -147,13 +177,18 @@ class FusionModel(nn.Module):
 
         # next-token loss only where the target is marked; computed densely with per-token weights (no
         # boolean indexing: no host sync, static shapes for torch.compile)
-        target_mask = (batch["loss_mask"].bool() & attention_mask)[:, 1:].float()  # [B, T-1]
+        caption_tokens, vqa_tokens = self._target_masks(batch)  # float [B, T-1] each
         logits = self.logits(h[:, :-1]).float()  # [B, T-1, V]
         token_ce = F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")  # [B, T-1]
-        vqa_tokens = target_mask * _vqa_rows(batch, B, device).float()[:, None]  # [B, T-1]
-        lm = _masked_mean(token_ce, target_mask)
-        caption = _masked_mean(token_ce, target_mask - vqa_tokens)
-        vqa = _masked_mean(token_ce, vqa_tokens)
+        caption_sum, vqa_sum = (token_ce * caption_tokens).sum(), (token_ce * vqa_tokens).sum()
+        if norm is None:
+            counts = torch.stack((caption_tokens.sum(), vqa_tokens.sum()))
+            denominators = torch.cat((counts, counts.sum()[None])).clamp(min=1.0)  # empty selection -> 0
+            itc_share = 1.0
+        else:
+            denominators, itc_share = norm.denominators.to(device), 1.0 / norm.micro_steps
+        caption, vqa = caption_sum / denominators[0], vqa_sum / denominators[1]
+        lm = (caption_sum + vqa_sum) / denominators[2]
 
         itc_mask = batch.get("itc_mask")
         itc_mask = torch.ones(B, dtype=torch.bool, device=device) if itc_mask is None else itc_mask.bool()
@@ -161,10 +196,27 @@ class FusionModel(nn.Module):
         itc, scale = self.contrastive_loss(
             image_tokens[:, 0], text_h[torch.arange(B, device=device), last], itc_mask, batch.get("image_id")
         )
+        # ITC keeps its per-micro-batch mean (just split evenly over micro-steps): its value depends on
+        # which rows are scored against each other, so no normalisation makes it independent of the split.
+        # Its terms are one per row, not per token, and every micro-batch has the same number of rows, so
+        # accumulation still weighs every row alike; only the set of negatives follows the micro-batch
+        # (times the world size under itc_gather), as in CLIP/BLIP-style training.
+        itc = itc * itc_share
 
         cfg = self.cfg
         loss = cfg.lm_loss_weight * caption + cfg.vqa_loss_weight * vqa + cfg.itc_loss_weight * itc
         return {"loss": loss, "lm": lm, "caption": caption, "vqa": vqa, "itc": itc, "itc_scale": scale.detach()}
+
+    def _target_masks(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """float [B, T-1] each: caption-target and VQA-target positions (position t predicts token t + 1)."""
+        input_ids = batch["input_ids"]
+        B, T = input_ids.shape
+        target = batch["loss_mask"].bool()
+        if batch.get("attention_mask") is not None:
+            target = target & batch["attention_mask"].bool()
+        target = target[:, 1:].float()
+        vqa = target * _vqa_rows(batch, B, input_ids.device).float()[:, None]
+        return target - vqa, vqa
 
     def contrastive_loss(
         self,
@@ -291,11 +343,6 @@ def _reshape_scalar_logit_scale(module, state_dict, prefix, *args) -> None:
     value = state_dict.get(key)
     if value is not None and value.ndim == 0:
         state_dict[key] = value.reshape(1)
-
-
-def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    # an empty selection gives 0 (still attached to the graph), not NaN
-    return (values * weights).sum() / weights.sum().clamp(min=1.0)
 
 
 def _vqa_rows(batch: dict[str, Any], B: int, device: torch.device) -> torch.Tensor:
