@@ -159,20 +159,6 @@ def expand(sample: Sample, *, stage: str, include_captions: bool, include_qa: bo
     return items
 
 
-class _LoggedCounters(ReadCounters):
-    """The shard reader's counters writing into the stream's drop counts, with a warning for the first few
-    drops of each reason (and every 10x after), so a bad corpus is seen without flooding the log."""
-
-    def __init__(self, counts: Counter):
-        super().__init__(skipped=counts)
-
-    def skip(self, reason: str, where: str, detail: str = "", n: int = 1) -> None:
-        super().skip(reason, where, detail, n)
-        total = self.skipped[reason]
-        if total <= 3 or str(total).rstrip("0") == "1":   # 1, 2, 3, 10, 100, ...
-            log.warning("skipped (%s) in %s%s; %d so far", reason, where, f": {detail}" if detail else "", total)
-
-
 class ShardStream(IterableDataset):
     """Training: yields one chunk per stream per step (k samples, `_stream` and `_position` after it),
     round-robin over the worker's streams. Eval (`train=False`): micro-batches of one ordered pass over
