@@ -150,11 +150,11 @@ def test_vqa_under_torchrun_gathers_every_rank(setup):
 def test_eval_images_missing_from_the_shards_fail_unless_allowed(setup, capsys):
     """`curate run` records in the eval manifest what became of each eval image; one that could not be
     written is named, and scoring the rest needs --allow-missing-images."""
-    from shards import read_shard_info, write_manifest
+    from shards import read_shard_stats, shard_name, write_manifest
 
     data = setup["root"] / "eval_with_manifest"
     shutil.copytree(setup["data"], data)
-    infos = [read_shard_info(str(data / "shards"), n) for n in (0, 1)]
+    infos = [read_shard_stats(str(data / "shards" / f"{shard_name(n)}.tar")) for n in (0, 1)]
     write_manifest(str(data), infos, {}, extra={"eval_set": "coco-karpathy-test",
                                                 "eval_images": {"written": 4, "missing_image": 1}})
     out = setup["root"] / "cap_missing"

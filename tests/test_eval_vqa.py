@@ -268,13 +268,14 @@ def test_training_vqa_targets_are_normalised_and_the_shard_keeps_the_raw_answer(
     assert most_common_answer(["Two.", "2", "three"]) == "2"
     assert most_common_answer(["The big one.", "big one"]) == "big 1"   # the official table: "one" -> "1"
     assert most_common_answer(["", " "]) is None
-    meta = {"captions": ["a red circle"],
-            "qa": [{"question": "How many shapes are there?", "answers": ["Two."]},
-                   {"question": "Is there a circle?", "answers": ["Yes."]},
-                   {"question": "What color is the circle?", "answers": ["Purple."]}]}
-    raw = {"__key__": "k", "jpg": b"\xff\xd8", "json": json.dumps(meta).encode()}
-    items = expand(raw, stage="fusion", include_captions=True, include_qa=True, counters=Counter())
+    from shards import Sample
+
+    qa = [{"question": "How many shapes are there?", "answers": ["Two."]},
+          {"question": "Is there a circle?", "answers": ["Yes."]},
+          {"question": "What color is the circle?", "answers": ["Purple."]}]
+    sample = Sample(key="k", uid="u", image=b"\xff\xd8", captions=["a red circle"], qa=qa)
+    items = expand(sample, stage="fusion", include_captions=True, include_qa=True, counters=Counter())
     assert [(i.kind, i.answer) for i in items if i.kind == "vqa"] == [("vqa", "2"), ("vqa", "yes"), ("vqa", "purple")]
-    assert json.loads(raw["json"])["qa"][0]["answers"] == ["Two."]     # provenance: the shard is unchanged
+    assert sample.qa[0]["answers"] == ["Two."]     # provenance: the sample read from the shard is unchanged
     # and each target scores 100 against VQAv2-style references
     assert question_accuracy("2", ["2"] * 10) == question_accuracy("yes", ["yes"] * 10) == 1.0

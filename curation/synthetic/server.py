@@ -36,7 +36,6 @@ the `with` block) shuts the server down and wakes any slow handler.
 
 from __future__ import annotations
 
-import contextlib
 import mimetypes
 import threading
 import time
@@ -62,15 +61,30 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_HEAD(self) -> None:
-        with self.server.owner._in_flight():
-            self._handle(send_body=False)
+        self._serve(send_body=False)
 
     def do_GET(self) -> None:
-        with self.server.owner._in_flight():
-            self._handle(send_body=True)
+        self._serve(send_body=True)
+
+    def _serve(self, send_body: bool) -> None:
+        # A request stops counting as in flight when its response starts (see `_send`), not when the
+        # handler thread returns: the client has its answer by then and may send its next request before
+        # this thread runs again, which would count one request twice.
+        self._counted = True
+        self.server.owner._enter()
+        try:
+            self._handle(send_body=send_body)
+        finally:
+            self._leave()
+
+    def _leave(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.server.owner._exit()
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
               content_type: str = "application/octet-stream", send_body: bool = True) -> None:
+        self._leave()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -220,16 +234,14 @@ class FaultServer:
             self.max_concurrent = self._active
 
     # -- used by the handler ---------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _in_flight(self):
+    def _enter(self) -> None:
         with self._lock:
             self._active += 1
             self.max_concurrent = max(self.max_concurrent, self._active)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._active -= 1
+
+    def _exit(self) -> None:
+        with self._lock:
+            self._active -= 1
 
     def _record(self, path: str) -> None:
         with self._lock:
