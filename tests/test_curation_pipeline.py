@@ -412,4 +412,4 @@ def test_dask_distributed_cluster_gives_the_same_corpus(world, dask_cluster):
     assert f1 == f2 and f2["balanced"]
     with Client(dask_cluster) as client:
         prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
-    assert any(p.startswith("_run_bundle") for p in prefixes), prefixes
+    assert any("run_bundle" in p for p in prefixes), prefixes   # dask's key_split drops the leading underscore
