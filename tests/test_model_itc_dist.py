@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from rank_runs import load_ranks, torchrun_script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -93,13 +94,9 @@ def distributed_main(out_dir: str) -> None:
 # ---------------------------------------------------------------- tests
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    import subprocess
     out = tmp_path_factory.mktemp("itc_dist")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__,
-         str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    torchrun_script(__file__, out, timeout=300)
+    return load_ranks(out, 2)
 
 
 def test_two_ranks_give_the_loss_and_gradients_of_one_process_on_both_batches(two_ranks):

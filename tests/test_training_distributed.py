@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
+from rank_runs import torchrun_script
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,10 +103,7 @@ def distributed_main(out_dir: str) -> None:
 
 # ---------------------------------------------------------------- tests
 def test_two_ranks_accumulating_equal_one_rank_big_batch(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__,
-         str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    torchrun_script(__file__, tmp_path, timeout=300)
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     info = json.loads((tmp_path / "ddp.json").read_text())
 

@@ -18,6 +18,7 @@ import fsspec
 import pytest
 import torch
 from fsspec.implementations.local import LocalFileSystem
+from rank_runs import torchrun_script
 from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,10 +125,7 @@ def test_weights_and_moments_load_equal_on_1_process_and_on_4_fsdp_processes(run
     root, common, _ = runs
     step = ckpt_lib.step_dir(root / "saved", STOP)
     sets = common + ["train.parallel=fsdp", f"run_dir={tmp_path}"]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
-                           __file__, str(step), str(tmp_path), *sets],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
+    torchrun_script(__file__, step, tmp_path, *sets, nproc=4)
     got = load_file(str(tmp_path / "fsdp4.safetensors"))
     assert json.loads((tmp_path / "fsdp4.json").read_text()) == {"step": STOP, "streams": ["0", "1", "2", "3"]}
 

@@ -7,12 +7,12 @@ within bf16 tolerance; FSDP reduces gradients only on the last micro-step of an 
 The 2-process half runs this file under torchrun (gloo on CPU): `python -m torch.distributed.run
 --standalone --nproc-per-node 2 tests/test_training_speed.py OUT_DIR`.
 """
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from rank_runs import load_ranks, torchrun_script
 from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -252,11 +252,8 @@ def distributed_main(out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("speed")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__,
-         str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    torchrun_script(__file__, out)
+    return load_ranks(out, 2)
 
 
 def _rel(a, b) -> float:

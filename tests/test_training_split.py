@@ -10,12 +10,12 @@ ranks its negatives would follow the world size (see fusion.py).
 The multi-process half runs this file under torchrun: `python -m torch.distributed.run --standalone
 --nproc-per-node P tests/test_training_split.py OUT_DIR ACCUM`.
 """
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from rank_runs import torchrun_script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -90,10 +90,7 @@ def splits(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("split")
     results = {}
     for world, accum in ((2, 4), (4, 2)):
-        proc = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
-             __file__, str(out), str(accum)], capture_output=True, text=True, cwd=ROOT, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        torchrun_script(__file__, out, accum, nproc=world)
         results[f"{world}x{accum}x{MICRO}"] = torch.load(out / f"split_{world}x{accum}x{MICRO}.pt",
                                                           weights_only=True)
     results["1x8x8"] = {}
