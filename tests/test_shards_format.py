@@ -22,6 +22,7 @@ import webdataset as wds
 from PIL import Image, ImageDraw
 
 import shards
+from curation.synthetic.corpus import write_raw_tar
 from shards import ReadCounters, Sample, iter_samples, make_key, write_manifest, write_shard
 
 
@@ -215,17 +216,9 @@ def test_seekable_reader_reads_what_iter_shard_reads_and_checks_the_manifest(cor
     assert not counters.skipped
 
 
-def _raw_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tf:
-        for name, data in members:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
-
-
 def test_corrupt_members_are_skipped_and_counted(tmp_path):
     good = json.dumps({"captions": ["fine"], "uid": "u1"}).encode()
-    _raw_tar(tmp_path / "00000.tar", [
+    write_raw_tar(tmp_path / "00000.tar", [
         ("a1.jpg", _jpeg(1)), ("a1.txt", b"fine"), ("a1.json", good),
         ("b2.jpg", _jpeg(2)), ("b2.txt", b"x"), ("b2.json", b"{not json"),
         ("c3.txt", b"caption without image"),

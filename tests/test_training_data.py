@@ -9,7 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from curation.synthetic.corpus import make_jpeg, make_samples, make_shards, train_small_tokenizer
+from curation.synthetic.corpus import (
+    make_jpeg,
+    make_samples,
+    make_shards,
+    train_small_tokenizer,
+    write_raw_tar,
+)
 from training.augment import decode_and_crop, jitter_flip_normalise, swap_left_right
 from training.config import AugmentConfig, DataConfig
 from training.data import Loader, ShardStream, check_enough_shards, start_position, stream_shards
@@ -214,15 +220,6 @@ def test_fused_jitter_equals_torchvision_functional(batched):
     assert torch.equal(imgs[0], torch.full_like(imgs[0], 255))    # input left untouched
 
 
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> str:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return str(path)
-
-
 def _encoded(fmt: str) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 40, 40)).save(buf, fmt)
@@ -236,7 +233,7 @@ def test_training_and_evaluation_keep_and_drop_the_same_samples(tmp_path, corpus
     _, tok = corpus
     jpeg = make_jpeg(random.Random(0), 40, 30)
     cap = lambda text: json.dumps({"captions": [text]}).encode()   # noqa: E731
-    path = _tar(tmp_path / "odd.tar", [
+    path = write_raw_tar(tmp_path / "odd.tar", [
         ("a.JPG", jpeg), ("a.json", cap("upper case suffix")),
         ("b.jpeg", jpeg), ("b.json", cap("jpeg suffix")),
         ("c.gif", _encoded("GIF")), ("c.json", cap("a gif")),

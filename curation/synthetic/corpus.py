@@ -111,6 +111,15 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def write_raw_tar(path: str | Path, members: list[tuple[str, bytes]]) -> str:
+    """A tar of exactly these members, in this order, with no stats or manifest: for reader edge cases
+    (odd extensions, corrupt or missing members) that our writer never produces."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            _add(tar, name, data)
+    return str(path)
+
+
 def make_img2dataset_shard(path: Path, *, n: int = 12, seed: int = 1) -> Path:
     """A shard as img2dataset writes it: 9-digit keys, img2dataset's JSON fields, nothing of ours."""
     rng = random.Random(seed)
