@@ -85,7 +85,7 @@ class DownloadConfig:
     user_agent_token: str = "vlfusion"
     disallowed_header_directives: list[str] = field(default_factory=lambda: ["noai", "noimageai"])
     allowed_networks: list[str] = field(default_factory=list)   # CIDRs of private/loopback ranges allowed
-    num_partitions: int = 64               # fetch partitions; each is fetched and cached as one unit (resume)
+    unit_rows: int = 2000                  # records per fetch unit: the unit of work, of caching and of resume
 
     def __post_init__(self) -> None:
         check_range("download.timeout", self.timeout, 0.01)
@@ -98,7 +98,7 @@ class DownloadConfig:
         check_range("download.max_redirects", self.max_redirects, 0, 50)
         check_range("download.max_bytes", self.max_bytes, 1)
         check_range("download.max_pixels", self.max_pixels, 1)
-        check_range("download.num_partitions", self.num_partitions, 1)
+        check_range("download.unit_rows", self.unit_rows, 1)
         if not self.user_agent_token or any(c.isspace() or c in ";()" for c in self.user_agent_token):
             fail("download.user_agent_token", f"must be a non-empty token without spaces, ';' or parentheses, "
                                                f"got {self.user_agent_token!r}")

@@ -88,20 +88,32 @@ class WriteLines(beam.PTransform):
 
 
 class WritePartitionedLines(beam.PTransform):
-    """Text lines -> ``directory/<prefix>-NNNNN.jsonl``, ``num_files`` files at most, lines sorted in each.
+    """Text lines -> ``directory/<prefix>-NNNNN.jsonl``, lines sorted in each: ``num_files`` files at most,
+    or (``lines_per_file``) as many files as it takes to hold about that many lines each, the count of
+    lines being a global combine read back as a side input.
 
     A line's file is chosen by a hash of the line, so memory per worker is one file's worth and the
     files are the same on every run and every runner.
     """
 
-    def __init__(self, directory: str, prefix: str, num_files: int):
+    def __init__(self, directory: str, prefix: str, num_files: int | None = None, *,
+                 lines_per_file: int | None = None):
         super().__init__()
-        self.directory, self.prefix, self.num_files = directory, prefix, num_files
+        if (num_files is None) == (lines_per_file is None):
+            raise ValueError("WritePartitionedLines: give num_files or lines_per_file")
+        self.directory, self.prefix = directory, prefix
+        self.num_files, self.lines_per_file = num_files, lines_per_file
 
     def expand(self, lines):
-        n, directory, prefix = self.num_files, self.directory, self.prefix
-
-        return (lines | "KeyByHash" >> beam.Map(lambda line: (stable_bucket(n, line), line))
+        directory, prefix = self.directory, self.prefix
+        if self.num_files is not None:
+            n = lines.pipeline | "NumFiles" >> beam.Create([self.num_files])
+        else:
+            per = self.lines_per_file
+            n = (lines | "CountLines" >> beam.combiners.Count.Globally()
+                 | "NumFiles" >> beam.Map(lambda c: max(1, -(-c // per))))
+        return (lines | "KeyByHash" >> beam.Map(lambda line, k: (stable_bucket(k, line), line),
+                                                 beam.pvalue.AsSingleton(n))
                 | "GroupByFile" >> beam.GroupByKey()
                 | "Write" >> beam.MapTuple(
                     lambda i, group: _write_sorted(group, fsutil.join(directory, f"{prefix}-{i:05d}.jsonl"))))

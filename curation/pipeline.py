@@ -148,20 +148,34 @@ def image_filter(record: dict, cfg) -> tuple[dict | None, list[dict]]:
 
 # ---------------------------------------------------------------------------------------------- fetching
 _PREPARED_FIELDS = ("ext", "width", "height", "original_width", "original_height", "original_bytes",
-                    "sha256", "phash", "pixel_std")
+                    "sha256", "phash", "pixel_std", "dedup_signature")
 
 
-class FetchPartition(beam.DoFn):
-    """(partition, records) -> records with their prepared image, or fetch drops. Cached per partition.
+def prepared_fields(prepared) -> dict:
+    fields = {k: getattr(prepared, k, None) for k in _PREPARED_FIELDS}
+    if fields["dedup_signature"] is None:
+        from curation.dedup.signature import image_signature
+        fields["dedup_signature"] = image_signature(prepared.image)
+    return fields
+
+
+class FetchUnit(beam.DoFn):
+    """(unit, records) -> records with their prepared metadata and ``image_ref``, or fetch drops.
+
+    A unit is a few thousand records (``download.unit_rows``; `fetch_cache.unit_of`), so work spreads over
+    every worker of a cluster and a retried unit refetches little. Its images go to the fetch cache
+    (`curation.fetch_cache`) and stay there: what leaves this stage is metadata (sizes, hashes, the 2.5 kB
+    near-duplicate signature, an image_ref), and the shard writer reads each kept image once.
 
     Downloads run in ``download.threads`` threads (I/O bound); decoding and resizing run in this thread,
     one image at a time (CPU bound, and img2dataset's Resizer redirects the process's stdout/stderr while
     it works, which is not safe from several threads).
 
-    A partition's downloads are queued as soon as it arrives, and it is finished (prepared, cached, emitted)
-    only when the next partition of the bundle has arrived, or at the end of the bundle: a partition waits
-    for its slowest URL (a timeout, a server that is slow to accept), and meanwhile the threads that are done
-    with it already download the next one instead of idling. At most two partitions are held at once.
+    A unit's downloads are queued as soon as it arrives, and it is finished (prepared, cached, emitted)
+    only when the next unit of the bundle has arrived, or at the end of the bundle: a unit waits for its
+    slowest URL (a timeout, a server that is slow to accept), and meanwhile the threads that are done with
+    it already download the next one instead of idling. Memory: at most two units' records, and the
+    prepared images of the unit being finished (``unit_rows`` x ~30 kB), never more.
     """
 
     def __init__(self, cfg: RunConfig, cache_dir: str, progress_dir: str | None):
@@ -193,12 +207,12 @@ class FetchPartition(beam.DoFn):
         self._pending = collections.deque()
 
     def process(self, item, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
-        partition, records = item
+        unit, records = item
         records = sorted(records, key=lambda r: r["uid"])
-        cached = fetch_cache.load(self.cache_dir, partition)
+        cached = fetch_cache.load(self.cache_dir, unit)
         todo = [r for r in records if fetch_cache.cache_key(r) not in cached]
         futures = [self.pool.submit(self._bytes, r) for r in todo]
-        self._pending.append((partition, records, cached, todo, futures, window, timestamp))
+        self._pending.append((unit, records, cached, todo, futures, window, timestamp))
         while len(self._pending) > 1:
             yield from self._finish(*self._pending.popleft())
 
@@ -206,12 +220,13 @@ class FetchPartition(beam.DoFn):
         while self._pending:
             yield from self._finish(*self._pending.popleft())
 
-    def _finish(self, partition, records, cached, todo, futures, window, timestamp):
+    def _finish(self, unit, records, cached, todo, futures, window, timestamp):
         # Emitted as windowed values: this may run while another element (or none) is being processed.
         def out(value):
             return WindowedValue(value, timestamp, (window,))
 
         if todo:
+            images = {}
             for r, fut in zip(todo, futures):
                 data, reason, detail = fut.result()
                 entry = {"cache_key": fetch_cache.cache_key(r), "uid": r["uid"], "url": r.get("url")}
@@ -220,23 +235,20 @@ class FetchPartition(beam.DoFn):
                     if isinstance(prepared, tuple):
                         reason, detail = prepared
                     else:
-                        entry.update({k: getattr(prepared, k) for k in _PREPARED_FIELDS}, image=prepared.image)
+                        entry.update(prepared_fields(prepared))
+                        images[entry["cache_key"]] = prepared.image
                 entry.update(reason=reason, detail=detail)
                 cached[entry["cache_key"]] = entry
                 Progress.bump(self.progress_dir, "fetched" if reason is None else "fetch_failed")
-            fetch_cache.save(self.cache_dir, partition, cached)
+            cached = fetch_cache.save(self.cache_dir, unit, cached, images)
         for r in records:
             e = cached[fetch_cache.cache_key(r)]
             if e.get("reason"):
                 yield beam.pvalue.TaggedOutput(
                     DROPPED, out(record_event("fetch", e["reason"], r, e.get("detail") or "")))
             else:
-                yield out({**r, **{k: e[k] for k in _PREPARED_FIELDS}, "image": e["image"]})
+                yield out({**r, **{k: e[k] for k in _PREPARED_FIELDS}, "image_ref": e["image_ref"]})
         Progress.flush()
-
-
-def _partition_of(record: dict, n: int) -> int:
-    return int(fetch_cache.cache_key(record)[:8], 16) % n
 
 
 class PrepareEval(beam.DoFn):
@@ -253,7 +265,8 @@ class PrepareEval(beam.DoFn):
             yield beam.pvalue.TaggedOutput("eval_ledger", (f"eval|{rec['eval_set']}|{prepared[0]}", 1))
             return
         yield beam.pvalue.TaggedOutput("eval_ledger", (f"eval|{rec['eval_set']}|written", 1))
-        yield {**rec, **{k: getattr(prepared, k) for k in _PREPARED_FIELDS}, "image": prepared.image, "rows": {}}
+        fields = {k: getattr(prepared, k) for k in _PREPARED_FIELDS if k != "dedup_signature"}
+        yield {**rec, **fields, "image": prepared.image, "rows": {}}
 
 
 # ---------------------------------------------------------------------------------------------- assembly
@@ -322,11 +335,14 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig, *, cache_dir: str, progress
     records = step(records, "CaptionFilter", "caption_filter", caption_filter, cfg.caption_filter)
     records = step(records, "DecontamIds", "decontam", decontam_by_id, side=[beam.pvalue.AsMultiMap(eval_ids)])
 
-    # -- fetch, per partition, cached
-    n_part = cfg.download.num_partitions
-    fetched = (records | "KeyPartition" >> beam.Map(lambda r: (_partition_of(r, n_part), r))
-               | "GroupPartition" >> beam.GroupByKey()
-               | "Fetch" >> beam.ParDo(FetchPartition(cfg, cache_dir, progress_dir)).with_outputs(DROPPED, main="r"))
+    # -- fetch, in units of about download.unit_rows records, cached
+    unit_rows = cfg.download.unit_rows
+    units = (records | "CountToFetch" >> beam.combiners.Count.Globally()
+             | "NumUnits" >> beam.Map(fetch_cache.num_units, unit_rows))
+    fetched = (records | "KeyUnit" >> beam.Map(lambda r, n: (fetch_cache.unit_of(r, n), r),
+                                               beam.pvalue.AsSingleton(units))
+               | "GroupUnit" >> beam.GroupByKey()
+               | "Fetch" >> beam.ParDo(FetchUnit(cfg, cache_dir, progress_dir)).with_outputs(DROPPED, main="r"))
     drops.append(fetched[DROPPED])
     records = step(fetched.r, "ImageFilter", "image_filter", image_filter, cfg.image_filter)
     records = step(records, "DecontamImages", "decontam_image", decontam_by_image, cfg.decontam.phash_max_distance,
@@ -339,7 +355,7 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig, *, cache_dir: str, progress
     merged, near_drops, near_ledger = exact_kept | "NearDupImages" >> NearDupImages(
         thresholds=cfg.dedup.thresholds(), max_bucket=cfg.dedup.max_bucket, rounds=cfg.dedup.cluster_rounds,
         limits=cfg.dedup.limits(), progress_dir=progress_dir, example_clusters=cfg.dedup.example_clusters,
-        examples_path=fsutil.join(out, DEDUP_EXAMPLES_FILE))   # a few merged clusters, with thumbnails
+        examples_path=fsutil.join(out, DEDUP_EXAMPLES_FILE), cache_dir=cache_dir)   # a few merged clusters, with thumbnails
     drops.append(near_drops)
     ledger.append(near_ledger)
     records = step(merged, "CaptionNearDup", "dedup_caption", dedupe_record_captions, cfg.dedup)
@@ -354,17 +370,18 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig, *, cache_dir: str, progress
                  prepared_eval.ok | "EvalGroup" >> beam.Map(lambda r: (r["eval_set"], r)))
                 | "ToWrite" >> beam.Flatten())
     infos = to_write | "WriteShards" >> WriteShards(dirs, samples_per_shard=cfg.shard.samples_per_shard,
-                                                    seed=cfg.shard.seed)
+                                                    seed=cfg.shard.seed, cache_dir=cache_dir)
     infos | "ShardInfos" >> WriteLines(shard_infos_path(out))    # one line per shard
     ledger.append(capped | "CountKept" >> beam.FlatMap(
         lambda r: [(f"kept|{s}", n) for s, n in r["rows"].items()] + [("samples_written", 1)]))
 
     # -- accounting
     all_drops = count_drops(drops, progress_dir)
-    # As many drop files as fetch partitions: one event per dropped record or caption, so a file holds about
-    # what one fetch partition does (the memory a worker is already sized for).
+    # One event per dropped record or caption; a file holds about what one fetch unit does (the memory a
+    # worker is already sized for).
     all_drops | "DropsJson" >> beam.Map(lambda e: json.dumps(e, sort_keys=True, ensure_ascii=False)) \
-        | "WriteDrops" >> WritePartitionedLines(fsutil.join(out, "dropped"), "dropped", n_part)
+        | "WriteDrops" >> WritePartitionedLines(fsutil.join(out, "dropped"), "dropped",
+                                              lines_per_file=unit_rows)
     ledger.append(all_drops | "DropLedger" >> beam.FlatMap(ledger_entries))
     ledger.append(all_drops | "InFromDrops" >> beam.FlatMap(
         lambda e: [(f"in|{s}", n) for s, n in e["rows"].items()] if e["stage"] == "read" else []))

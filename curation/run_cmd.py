@@ -11,7 +11,7 @@ Output layout (``output`` in the config)::
     funnel.json                      rows in / kept / dropped per source, stage, reason
     dropped/dropped-*.jsonl          every drop event (record or caption) with its reason
     dedup_examples.jsonl             a few merged near-duplicate clusters with member thumbnails (the report's)
-    _cache/fetch-<hash>/             fetch results per partition (resume); safe to delete
+    _cache/fetch-<hash>/             fetched images and their metadata per fetch unit (resume); safe to delete after a run
     _work/                           driver scratch (ledger, shard infos)
     report/report.html, report/stats.json                                         the `curate stats` report
 
@@ -58,9 +58,9 @@ def beam_options(beam_args: list[str]) -> list[str]:
 def _fetch_settings(cfg: RunConfig) -> dict:
     d = cfg.to_dict()
     dl = dict(d["download"])
-    for k in ("threads", "per_host_connections", "num_partitions", "backoff_base", "backoff_max"):
-        dl.pop(k)   # do not change what is fetched; num_partitions is in the cache key via the file name
-    return {"resize": d["resize"], "download": dl, "num_partitions": cfg.download.num_partitions}
+    for k in ("threads", "per_host_connections", "unit_rows", "backoff_base", "backoff_max"):
+        dl.pop(k)   # do not change what is fetched; the split into units is in each unit's file name
+    return {"resize": d["resize"], "download": dl}
 
 
 class _ProgressPrinter(threading.Thread):

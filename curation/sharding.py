@@ -9,6 +9,11 @@ Each record gets a position in a global random order without a global sort:
 5. shard = position // samples_per_shard; ``GroupByKey`` per shard, sort by position, write through
    `shards.ShardWriter` (atomic; ``_stats.json`` last). The writer DoFn returns the shard's info.
 Records are grouped by ``group`` (the corpus, or one eval set) so the same transform writes every set.
+
+Records arrive as metadata: a corpus record's image is still in the fetch cache (its ``image_ref``), and
+the writer reads it there, ``READ_BATCH`` images at a time, as it writes (the one time an image crosses
+the network after its download). An eval record carries its image (eval sets are small). What a writer
+holds: one shard's metadata records (~1-3 kB each) and ``READ_BATCH`` images.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import math
 
 import apache_beam as beam
 
+from curation import fetch_cache
 from shards import Sample, ShardWriter, make_key
 from shards.hashing import stable_hex
 
@@ -26,7 +32,10 @@ def order_key(uid: str, seed: int) -> str:
     return stable_hex(seed, uid, digits=32)
 
 
-def to_sample(r: dict) -> Sample:
+READ_BATCH = 256
+
+
+def to_sample(r: dict, image: bytes) -> Sample:
     extra = {}
     for k in ("merged", "other_urls"):
         if r.get(k):
@@ -34,7 +43,7 @@ def to_sample(r: dict) -> Sample:
     if r.get("eval_set"):
         extra["eval_set"] = r["eval_set"]
     extra.update(r.get("extra") or {})
-    return Sample(key=make_key(r["uid"]), uid=r["uid"], image=r["image"], image_ext=r["ext"],
+    return Sample(key=make_key(r["uid"]), uid=r["uid"], image=image, image_ext=r["ext"],
                   sources=r["sources"], url=r.get("url"), captions=r["captions"], qa=r["qa"],
                   width=r["width"], height=r["height"], original_width=r["original_width"],
                   original_height=r["original_height"], sha256=r["sha256"], phash=r["phash"], extra=extra)
@@ -66,16 +75,30 @@ def _positions(item, starts, per_shard):
         yield (group, pos // per_shard), (pos, r)
 
 
+def with_images(records: list[dict], cache_dir: str | None):
+    """(record, image bytes) in order; images read from the fetch cache ``READ_BATCH`` at a time."""
+    for i in range(0, len(records), READ_BATCH):
+        chunk = records[i:i + READ_BATCH]
+        refs = [r["image_ref"] for r in chunk if "image" not in r]
+        if refs and cache_dir is None:
+            raise ValueError("records refer to the fetch cache (image_ref) but no cache_dir was given")
+        read = iter(fetch_cache.read_images(cache_dir, refs)) if refs else iter(())
+        for r in chunk:
+            yield r, (r["image"] if "image" in r else next(read))
+
+
 class WriteShardFn(beam.DoFn):
-    def __init__(self, dirs: dict):
+    def __init__(self, dirs: dict, cache_dir: str | None = None):
         self.dirs = dirs   # group -> shards directory
+        self.cache_dir = cache_dir
 
     def process(self, item):
         (group, index), members = item
         rows: dict[str, int] = {}
+        records = [r for _pos, r in sorted(members, key=lambda m: m[0])]
         with ShardWriter(self.dirs[group], index) as w:
-            for _pos, r in sorted(members, key=lambda m: m[0]):
-                w.write(to_sample(r))
+            for r, image in with_images(records, self.cache_dir):
+                w.write(to_sample(r, image))
                 for src, n in (r.get("rows") or {}).items():
                     rows[src] = rows.get(src, 0) + n
         yield json.dumps({"group": group, "index": index, "info": w.info.to_json(), "rows": rows}, sort_keys=True)
@@ -84,9 +107,9 @@ class WriteShardFn(beam.DoFn):
 class WriteShards(beam.PTransform):
     """(group, record) -> JSON lines describing each written shard."""
 
-    def __init__(self, dirs: dict, *, samples_per_shard: int, seed: int):
+    def __init__(self, dirs: dict, *, samples_per_shard: int, seed: int, cache_dir: str | None = None):
         super().__init__()
-        self.dirs, self.per_shard, self.seed = dirs, samples_per_shard, seed
+        self.dirs, self.per_shard, self.seed, self.cache_dir = dirs, samples_per_shard, seed, cache_dir
 
     def expand(self, items):
         seed, per = self.seed, self.per_shard
@@ -102,4 +125,4 @@ class WriteShards(beam.PTransform):
                 | "GroupByBucket" >> beam.GroupByKey()
                 | "Positions" >> beam.FlatMap(_positions, beam.pvalue.AsSingleton(starts), per)
                 | "GroupByShard" >> beam.GroupByKey()
-                | "WriteShard" >> beam.ParDo(WriteShardFn(self.dirs)))
+                | "WriteShard" >> beam.ParDo(WriteShardFn(self.dirs, self.cache_dir)))

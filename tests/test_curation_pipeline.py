@@ -38,7 +38,7 @@ IMAGE_REASON = {"blank_image": "image_near_uniform", "too_small": "image_too_sma
 
 def _config(info, out: Path) -> Path:
     cfg = info.curate_config(str(out))
-    cfg["download"].update(timeout=1.0, retries=1, backoff_base=0.01, num_partitions=6, threads=8)
+    cfg["download"].update(timeout=1.0, retries=1, backoff_base=0.01, unit_rows=50, threads=8)
     cfg["shard"] = {"samples_per_shard": 16, "seed": 3}
     cfg["dedup"] = {"max_images_per_caption": 1, "example_clusters": EXAMPLE_CLUSTERS}
     cfg["progress_seconds"] = 1.0

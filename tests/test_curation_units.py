@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import random
 
@@ -177,15 +178,24 @@ def test_merge_keeps_union_and_quality_rule():
 
 
 def _dedup_record(uid: str, data: bytes) -> dict:
+    """A record as the fetch stage emits it: metadata and signature, its image parked in a fetch cache."""
     import hashlib
     import io
 
     from PIL import Image
+
+    from curation.dedup.signature import image_signature
     with Image.open(io.BytesIO(data)) as im:
         w, h = im.size
+    key = fetch_cache.cache_key({"uid": uid})
+    entry = fetch_cache.save(DEDUP_CACHE, f"unit-{uid}", {key: {"cache_key": key}}, {key: data})[key]
     return {"uid": uid, "url": f"http://127.0.0.1/{uid}.jpg", "captions": [f"picture {uid}"], "qa": [],
             "sources": [{"dataset": "cc3m", "id": uid}], "original_width": w, "original_height": h,
-            "sha256": hashlib.sha256(data).hexdigest(), "phash": phash(data), "image": data}
+            "sha256": hashlib.sha256(data).hexdigest(), "phash": phash(data),
+            "dedup_signature": image_signature(data), "image_ref": entry["image_ref"]}
+
+
+DEDUP_CACHE = "memory://vlfusion-test-dedup-examples/cache"
 
 
 def _near_dup_examples(records: list[dict], example_clusters: int, root: str) -> tuple[list[dict], list[dict] | None]:
@@ -195,7 +205,7 @@ def _near_dup_examples(records: list[dict], example_clusters: int, root: str) ->
     path = f"{root}/dedup_examples.jsonl"
     with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner", "--direct_running_mode=in_memory"])) as p:
         merged, _drops, _ledger = p | beam.Create(records) | NearDupImages(
-            rounds=4, example_clusters=example_clusters, examples_path=path)
+            rounds=4, example_clusters=example_clusters, examples_path=path, cache_dir=DEDUP_CACHE)
         merged | beam.Map(lambda r: json.dumps({"uid": r["uid"], "merged": r.get("merged") or []})) \
             | outdir.WriteLines(f"{root}/merged.jsonl")
     examples = outdir.read_jsonl(path) if fsutil.exists(path) else None
@@ -304,26 +314,47 @@ def test_netguard_refuses_private_unless_allowed():
 
 
 # ------------------------------------------------------------------------------------------------ cache, shard
-def test_fetch_cache_roundtrip_and_atomicity(tmp_path):
-    d = str(tmp_path / "c")
-    assert fetch_cache.load(d, 3) == {}
-    fetch_cache.save(d, 3, {"k1": {"cache_key": "k1", "reason": None, "image": b"abc"},
-                            "k2": {"cache_key": "k2", "reason": "http_404"}})
-    got = fetch_cache.load(d, 3)
-    assert got["k1"]["image"] == b"abc" and got["k2"]["reason"] == "http_404"
-    fetch_cache.save(d, 3, {"k1": {"cache_key": "k1", "reason": None, "image": b"xyz"}})
-    assert fetch_cache.load(d, 3)["k1"]["image"] == b"xyz"
-    assert len([p for p in (tmp_path / "c").iterdir() if p.suffix == ".bin"]) == 1
+def _cache_roundtrip(d: str, listing) -> None:
+    assert fetch_cache.load(d, "000004-000003") == {}
+    first = fetch_cache.save(d, "000004-000003", {"k1": {"cache_key": "k1", "reason": None, "dedup_signature": b"\0s1"},
+                                                  "k2": {"cache_key": "k2", "reason": "http_404"}},
+                             {"k1": b"abc"})
+    got = fetch_cache.load(d, "000004-000003")
+    assert got["k2"]["reason"] == "http_404" and "image_ref" not in got["k2"]
+    assert got["k1"]["image_ref"] == first["k1"]["image_ref"] and got["k1"]["dedup_signature"] == b"\0s1"
+    # A resumed unit with one more record: a new .bin for the new image only; the old one stays valid for
+    # whatever already refers to it.
+    second = fetch_cache.save(d, "000004-000003", {**got, "k3": {"cache_key": "k3", "reason": None}}, {"k3": b"xyzw"})
+    assert second["k1"]["image_ref"] == first["k1"]["image_ref"]
+    assert second["k3"]["image_ref"]["bin"] != first["k1"]["image_ref"]["bin"]
+    refs = [second["k3"]["image_ref"], first["k1"]["image_ref"], second["k3"]["image_ref"]]
+    assert fetch_cache.read_images(d, refs) == [b"xyzw", b"abc", b"xyzw"]
+    assert fetch_cache.load(d, "000004-000003") == second
+    names = listing()
+    assert sorted(n for n in names if n.endswith(".jsonl")) == ["000004-000003.jsonl"]
+    assert len([n for n in names if n.endswith(".bin")]) == 2 and not [n for n in names if "tmp" in n]
+    with pytest.raises(OSError, match="shorter than its index"):
+        fetch_cache.read_images(d, [{**refs[0], "length": 99}])
+
+
+def test_fetch_cache_roundtrip_resume_and_image_reads(tmp_path):
+    _cache_roundtrip(str(tmp_path / "c"), lambda: [p.name for p in (tmp_path / "c").iterdir()])
 
 
 def test_fetch_cache_on_an_fsspec_url():
     d = "memory://vlfusion-test-cache/fetch-x"
-    fetch_cache.save(d, 0, {"k1": {"cache_key": "k1", "reason": None, "image": b"abc"}})
-    fetch_cache.save(d, 0, {"k1": {"cache_key": "k1", "reason": None, "image": b"xyz"}})
-    assert fetch_cache.load(d, 0)["k1"]["image"] == b"xyz"
-    names = [p.rsplit("/", 1)[-1] for p in fsutil.listdir(d)]
-    assert names[-1] == "00000.jsonl" and len(names) == 2 and names[0].endswith(".bin")
-    assert fetch_cache.load(d, 1) == {}
+    _cache_roundtrip(d, lambda: [p.rsplit("/", 1)[-1] for p in fsutil.listdir(d)])
+
+
+def test_fetch_units_are_a_few_thousand_rows_and_stable():
+    """Units derive from the row count: about unit_rows each, every record in exactly one, the same split
+    on every run."""
+    recs = [{"uid": f"cc3m:{i}", "url": f"http://h/{i}.jpg"} for i in range(20_000)]
+    n = fetch_cache.num_units(len(recs), 2000)
+    assert n == 10 and fetch_cache.num_units(0, 2000) == 1 and fetch_cache.num_units(2001, 2000) == 2
+    sizes = collections.Counter(fetch_cache.unit_of(r, n) for r in recs)
+    assert len(sizes) == 10 and all(1700 < v < 2300 for v in sizes.values())
+    assert all(fetch_cache.unit_of(r, n) == fetch_cache.unit_of(dict(r), n) for r in recs[:50])
 
 
 def test_outdir_writes_on_beam_workers_are_deterministic_files():

@@ -1,12 +1,12 @@
 """A small, deterministic sample of merged near-duplicate clusters, with thumbnails: ``OUT/dedup_examples.jsonl``.
 
 The report shows what the near-duplicate stage folded together, so a reader can judge its threshold by eye.
-The shards keep only the kept image of a cluster, so the evidence is taken while the members' images are
-still in hand (the prepared image bytes each record carries into the dedup stage):
+The shards keep only the kept image of a cluster, so the evidence is taken from the fetch cache, where every
+fetched image waits (records carry its ``image_ref``), for the few clusters shown:
 
 1. each merged cluster becomes one candidate ``(priority, kept uid, payload)``; priority is a 64-bit
    blake2b of the kept uid, so the sample is uniform, and the same on every run, runner and worker count;
-   the payload holds at most ``MAX_MEMBERS`` members (closest to the kept image first) and their images;
+   the payload holds at most ``MAX_MEMBERS`` members (closest to the kept image first) and their image refs;
 2. ``Top.Smallest(example_clusters)`` keeps the clusters of lowest priority; it is a combiner, so each
    worker keeps its own bottom-k and only k candidates per worker are shuffled, never every cluster;
 3. the chosen clusters (k at most) get ``THUMB_PX`` JPEG thumbnails and are written as one JSON line each,
@@ -32,6 +32,7 @@ from typing import Any
 import apache_beam as beam
 
 from curation.dedup.phash import hamming
+from curation.fetch_cache import read_images
 from curation.outdir import write_text
 from shards import fsutil
 from shards.hashing import stable_hash64
@@ -47,21 +48,21 @@ def cluster_priority(kept_uid: str) -> int:
     return stable_hash64("dedup-example", kept_uid)
 
 
-def _member(rec: dict, kept_phash: str) -> dict:
-    return {"uid": rec["uid"],
-            "sources": [dict(s) for s in rec.get("sources") or []],
-            "url": rec.get("url"),
+def example_member(rec: dict, distance: int) -> dict:
+    """What the example file shows of one record; its image itself when the record carries it, else its
+    ``image_ref`` into the fetch cache (read only for the clusters chosen)."""
+    image = {"image": rec["image"]} if "image" in rec else {"image_ref": rec["image_ref"]}
+    return {"uid": rec["uid"], "sources": [dict(s) for s in rec.get("sources") or []], "url": rec.get("url"),
             "original_width": rec["original_width"], "original_height": rec["original_height"],
-            "phash": rec["phash"], "distance": hamming(rec["phash"], kept_phash),
-            "exact_copies": len(rec.get("merged") or []),
-            "caption": (rec.get("captions") or [""])[0][:200],
-            "image": rec["image"]}
+            "phash": rec["phash"], "distance": distance, "exact_copies": len(rec.get("merged") or []),
+            "caption": (rec.get("captions") or [""])[0][:200], **image}
 
 
 def cluster_candidate(kept: dict, dups: list[dict]) -> tuple[int, str, dict]:
     """One merged cluster -> (priority, kept uid, payload with the images of at most MAX_MEMBERS members)."""
-    members = sorted((_member(d, kept["phash"]) for d in dups), key=lambda m: (m["distance"], m["uid"]))
-    payload = {"kept": _member(kept, kept["phash"]), "members": members[:MAX_MEMBERS], "num_members": len(dups)}
+    members = sorted((example_member(d, hamming(d["phash"], kept["phash"])) for d in dups),
+                     key=lambda m: (m["distance"], m["uid"]))
+    payload = {"kept": example_member(kept, 0), "members": members[:MAX_MEMBERS], "num_members": len(dups)}
     return cluster_priority(kept["uid"]), kept["uid"], payload
 
 
@@ -77,10 +78,11 @@ def thumbnail_jpeg(image: bytes, px: int = THUMB_PX) -> tuple[bytes, int, int]:
         return buf.getvalue(), im.width, im.height
 
 
-def _with_thumb(member: dict) -> dict:
-    out = {k: v for k, v in member.items() if k != "image"}
+def _with_thumb(member: dict, cache_dir: str | None = None) -> dict:
+    out = {k: v for k, v in member.items() if k not in ("image", "image_ref")}
     try:
-        jpeg, w, h = thumbnail_jpeg(member["image"])
+        image = member["image"] if "image" in member else read_images(cache_dir, [member["image_ref"]])[0]
+        jpeg, w, h = thumbnail_jpeg(image)
     except Exception as err:   # noqa: BLE001 - the image passed the fetch stage; say why it has no thumbnail
         out.update(thumb_jpeg_b64=None, thumb_error=f"{type(err).__name__}: {str(err)[:120]}")
         return out
@@ -88,17 +90,18 @@ def _with_thumb(member: dict) -> dict:
     return out
 
 
-def example_line(candidate: tuple[int, str, dict]) -> str:
+def example_line(candidate: tuple[int, str, dict], cache_dir: str | None = None) -> str:
     priority, uid, payload = candidate
     doc = {"format": FORMAT, "cluster": uid, "priority": f"{priority:016x}",
            "num_members": payload["num_members"], "members_shown": len(payload["members"]),
-           "kept": _with_thumb(payload["kept"]), "members": [_with_thumb(m) for m in payload["members"]]}
+           "kept": _with_thumb(payload["kept"], cache_dir),
+           "members": [_with_thumb(m, cache_dir) for m in payload["members"]]}
     return json.dumps(doc, sort_keys=True, ensure_ascii=False)
 
 
-def write_examples(candidates: list[tuple[int, str, dict]], path: str) -> str:
+def write_examples(candidates: list[tuple[int, str, dict]], path: str, cache_dir: str | None = None) -> str:
     """The chosen candidates -> ``path``, lowest priority first (an empty file when nothing merged)."""
-    lines = [example_line(c) for c in sorted(candidates, key=lambda c: (c[0], c[1]))]
+    lines = [example_line(c, cache_dir) for c in sorted(candidates, key=lambda c: (c[0], c[1]))]
     write_text(path, "".join(line + "\n" for line in lines))
     return path
 
@@ -106,16 +109,16 @@ def write_examples(candidates: list[tuple[int, str, dict]], path: str) -> str:
 class WriteDedupExamples(beam.PTransform):
     """Cluster candidates -> the ``num_clusters`` of lowest priority, written to ``path`` (one file)."""
 
-    def __init__(self, path: str, num_clusters: int):
+    def __init__(self, path: str, num_clusters: int, *, cache_dir: str | None = None):
         super().__init__()
         if num_clusters < 1:
             raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
-        self.path, self.num_clusters = path, num_clusters
+        self.path, self.num_clusters, self.cache_dir = path, num_clusters, cache_dir
 
     def expand(self, candidates):
         return (candidates
                 | "BottomK" >> beam.combiners.Top.Smallest(self.num_clusters, key=lambda c: (c[0], c[1]))
-                | "Write" >> beam.Map(write_examples, self.path))
+                | "Write" >> beam.Map(write_examples, self.path, self.cache_dir))
 
 
 # ---------------------------------------------------------------------------------------------- reading

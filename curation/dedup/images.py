@@ -10,9 +10,10 @@ other copy is then dropped as ``merged_exact_duplicate`` through a join by uid (
 at most one "kept" flag per uid: bounded).
 
 Near (`NearDupImages`), on metadata:
-1. every record gets its signature (`curation.dedup.signature`: 64-bit and 256-bit pHashes and a colour
-   thumbnail of 11 windows; taken from ``record["dedup_signature"]`` when the fetch stage computed it, else
-   computed here from the stored image);
+1. every record carries its signature (`curation.dedup.signature`: 64-bit and 256-bit pHashes and a
+   colour thumbnail of 11 windows), computed by the fetch stage from the stored image; records carry no
+   image bytes (those wait in the fetch cache for the shard writer), and the signature is dropped once
+   this stage is done;
 2. each record files at most 108 index entries (`curation.dedup.index`: key = a 16-bit substring; value =
    uid, one 64-bit hash, whether it is the full picture's); ``GroupByKey`` per key; a bucket yields
    candidate pairs within ``Thresholds.phash64`` bits, at most 2 x ``max_bucket`` comparisons per entry
@@ -43,10 +44,10 @@ import typing
 import apache_beam as beam
 
 from curation.dedup import centres
-from curation.dedup.examples import MAX_MEMBERS, WriteDedupExamples, cluster_priority
+from curation.dedup.examples import MAX_MEMBERS, WriteDedupExamples, cluster_priority, example_member
 from curation.dedup.index import bucket_candidates, index_entries
 from curation.dedup.merge import Limits, SampleUnion, apply_union
-from curation.dedup.signature import Thresholds, hashes64, image_signature, match
+from curation.dedup.signature import Thresholds, hashes64, match
 from curation.funnel import DROPPED, Progress, record_event
 
 EXAMPLE = "example"
@@ -63,17 +64,18 @@ def node_of(r: dict) -> tuple:
 
 
 def signature_of(r: dict) -> bytes:
-    return r.get("dedup_signature") or image_signature(r["image"])
+    sig = r.get("dedup_signature")
+    if not sig:
+        raise ValueError(f"record {r.get('uid')!r} has no dedup_signature: the fetch stage computes it")
+    return sig
+
+
+def _metadata(r: dict) -> dict:
+    """The record without its signature: past the near-duplicate stage nothing needs it."""
+    return {k: v for k, v in r.items() if k != "dedup_signature"}
 
 
 # ------------------------------------------------------------------------------------------ the combiner
-def _example_member(rec: dict, distance: int) -> dict:
-    return {"uid": rec["uid"], "sources": [dict(s) for s in rec.get("sources") or []], "url": rec.get("url"),
-            "original_width": rec["original_width"], "original_height": rec["original_height"],
-            "phash": rec["phash"], "distance": distance, "exact_copies": len(rec.get("merged") or []),
-            "caption": (rec.get("captions") or [""])[0][:200], "image": rec["image"]}
-
-
 class _Acc:
     __slots__ = ("union", "members", "num_members")
 
@@ -100,7 +102,7 @@ class MergeSamples(beam.CombineFn):
         if distance is not None:
             acc.num_members += 1
             if self.examples:
-                acc.members = sorted([*acc.members, (distance, rec["uid"], _example_member(rec, distance))],
+                acc.members = sorted([*acc.members, (distance, rec["uid"], example_member(rec, distance))],
                                      key=lambda m: m[:2])[:MAX_MEMBERS]
         return acc
 
@@ -118,7 +120,7 @@ class MergeSamples(beam.CombineFn):
         record, dropped = apply_union(kept, acc.union)
         candidate = None
         if self.examples and acc.num_members:
-            payload = {"kept": _example_member(kept, 0), "members": [m[2] for m in acc.members],
+            payload = {"kept": example_member(kept, 0), "members": [m[2] for m in acc.members],
                        "num_members": acc.num_members}
             candidate = (cluster_priority(kept["uid"]), kept["uid"], payload)
         return record, dropped, candidate
@@ -247,13 +249,14 @@ class NearDupImages(beam.PTransform):
 
     def __init__(self, *, thresholds: Thresholds = Thresholds(), max_bucket: int = 512, rounds: int = 24,
                  limits: Limits = Limits(), progress_dir=None, example_clusters: int = 0,
-                 examples_path: str | None = None):
+                 examples_path: str | None = None, cache_dir: str | None = None):
         super().__init__()
         if example_clusters and not examples_path:
             raise ValueError("example_clusters > 0 needs examples_path")
         self.thresholds, self.max_bucket, self.rounds, self.limits = thresholds, max_bucket, rounds, limits
         self.progress_dir = progress_dir
         self.example_clusters, self.examples_path = example_clusters, examples_path
+        self.cache_dir = cache_dir
 
     def expand(self, records):
         t = self.thresholds
@@ -284,7 +287,7 @@ class NearDupImages(beam.PTransform):
                      | "FailIfUndecided" >> beam.Map(_fail_if_undecided, self.rounds))
         members = states | "Members" >> beam.FlatMap(
             lambda kv: [(kv[0], kv[1]["centre"])] if kv[1]["decision"] == centres.MEMBER else [])
-        routed = ({"rec": records | "KeyByUid" >> beam.Map(lambda r: (r["uid"], r)), "to": members}
+        routed = ({"rec": records | "KeyByUid" >> beam.Map(lambda r: (r["uid"], _metadata(r))), "to": members}
                   | "JoinCentres" >> beam.CoGroupByKey()
                   | "Route" >> beam.FlatMap(_route, self.progress_dir).with_output_types(typing.Any)
                   .with_outputs(DROPPED, main="routed"))
@@ -294,7 +297,8 @@ class NearDupImages(beam.PTransform):
                   | "SplitClusters" >> beam.FlatMap(_split_merged, "dedup_image", with_examples)
                   .with_outputs(LEDGER, EXAMPLE, main="merged"))
         if with_examples:
-            merged[EXAMPLE] | "DedupExamples" >> WriteDedupExamples(self.examples_path, self.example_clusters)
+            merged[EXAMPLE] | "DedupExamples" >> WriteDedupExamples(self.examples_path, self.example_clusters,
+                                                                     cache_dir=self.cache_dir)
         counts = (states | "CountClustered" >> beam.FlatMap(
             lambda kv: [("dedup|clustered_images", 1)]
             + ([("dedup|centres", 1)] if kv[1]["decision"] == centres.CENTRE else [])))

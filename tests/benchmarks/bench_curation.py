@@ -51,7 +51,7 @@ def _cc_config(info, out: Path) -> Path:
     cfg["sources"] = cfg["sources"][:2]             # CC3M + CC12M: the rows img2dataset can read too
     cfg["eval_sets"] = []
     # Same concurrency as img2dataset (16 threads, no per-host cap): every URL here is on one host.
-    cfg["download"].update(timeout=5.0, retries=0, num_partitions=8, threads=16, per_host_connections=16)
+    cfg["download"].update(timeout=5.0, retries=0, unit_rows=500, threads=16, per_host_connections=16)
     cfg["resize"] = RESIZE
     cfg["progress_seconds"] = 0
     cfg["report"] = False      # img2dataset writes no report; compare the same work
@@ -136,7 +136,7 @@ def bench_dedup_share(root: Path) -> None:
     with FaultServer(root / "web") as server:
         info = make_sources(root, base_url=server.base_url, scale="tiny")
         cfg = info.curate_config(str(root / "prof"))
-        cfg["download"].update(timeout=1.0, retries=0, num_partitions=4)
+        cfg["download"].update(timeout=1.0, retries=0, unit_rows=200)
         cfg["progress_seconds"] = 0
         path = root / "prof.toml"
         path.write_text(tomli_w.dumps(cfg))
