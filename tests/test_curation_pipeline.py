@@ -100,6 +100,19 @@ def test_funnel_identity_exact(world):
     assert manifest["config"]["download"]["timeout"] == 1.0
 
 
+def test_each_sample_gets_its_own_image_from_the_fetch_cache(world):
+    """Images wait in the fetch cache (units of download.unit_rows records) and are joined to their
+    metadata only when shards are written: every stored image is the one its sha256 / pHash describe."""
+    from curation.dedup.phash import phash
+    samples = _samples(world["out"])
+    for s in samples:
+        assert hashlib.sha256(s.image).hexdigest() == s.sha256, s.uid
+        assert phash(s.image) == s.phash, s.uid
+    units = glob.glob(str(world["out"] / "_cache" / "fetch-*" / "*.jsonl"))
+    in_units = sum(1 for u in units for line in open(u) if line.strip())
+    assert len(units) == -(-in_units // 50) > 1 and in_units >= len(samples)
+
+
 def test_every_fault_and_bad_row_is_counted_with_its_reason(world):
     out, truth = world["out"], world["truth"]
     by_url: dict = {}
