@@ -38,6 +38,8 @@ from curation.funnel import (
     row_event,
 )
 from curation.outdir import WriteLines, WritePartitionedLines
+from curation.report.in_job import ReportInJob
+from curation.report.shard_stats import StatsConfig
 from curation.sharding import WriteShards
 from curation.sources import jsonfiles, textsplits
 from curation.sources.group import assemble_picture, assemble_vg
@@ -49,6 +51,10 @@ CORPUS = "corpus"
 
 def work_dir(out: str) -> str:
     return fsutil.join(out, "_work")
+
+
+def report_dir(out: str) -> str:
+    return fsutil.join(out, "report")
 
 
 def ledger_path(out: str) -> str:
@@ -353,8 +359,12 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig, *, cache_dir: str, progress
     to_write = ((capped | "CorpusGroup" >> beam.Map(lambda r: (CORPUS, r)),
                  prepared_eval.ok | "EvalGroup" >> beam.Map(lambda r: (r["eval_set"], r)))
                 | "ToWrite" >> beam.Flatten())
-    infos = to_write | "WriteShards" >> WriteShards(dirs, samples_per_shard=cfg.shard.samples_per_shard,
-                                                    seed=cfg.shard.seed)
+    report_cfg = StatsConfig() if cfg.report else None     # the corpus report, computed by the shard writers
+    infos, partials = to_write | "WriteShards" >> WriteShards(
+        dirs, samples_per_shard=cfg.shard.samples_per_shard, seed=cfg.shard.seed,
+        stats={CORPUS: report_cfg} if report_cfg else None)
+    if report_cfg:
+        partials | "Report" >> ReportInJob(report_dir(out), report_cfg, spec=out, render=False)
     infos | "ShardInfos" >> WriteLines(shard_infos_path(out))    # one line per shard
     ledger.append(capped | "CountKept" >> beam.FlatMap(
         lambda r: [(f"kept|{s}", n) for s, n in r["rows"].items()] + [("samples_written", 1)]))
