@@ -4,6 +4,9 @@
       ─ decontam (pixels) ─ exact dedup ─ near-dup images ─ caption dedup ─ shard
     read eval sets ─ load+resize eval images ─ eval shards; their ids / pHashes feed both decontam stages
 
+The shard writers also compute the corpus report's per-shard partials when ``report`` is on, merged inside
+the job into ``OUT/report/`` (`curation.report.in_job`); the driver adds only the funnel.
+
 Every stage's drops leave through the tagged output ``dropped`` (see `curation.funnel`) and end in
 ``OUT/dropped/`` and the ledger the driver turns into ``funnel.json``. What is written under ``OUT/_work``
 is scratch for the driver: shard infos and the ledger. ``OUT`` may be a local path or any fsspec URL: every

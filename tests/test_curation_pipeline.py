@@ -76,6 +76,15 @@ def _shard_digests(out: Path) -> dict:
             for p in sorted(glob.glob(str(out / "**" / "shards" / "*"), recursive=True))}
 
 
+def _assert_same_report(a: Path, b: Path) -> None:
+    """The in-job reports of two runs hold the same numbers (paths name each run's own output)."""
+    s1, s2 = (json.loads((o / "report" / "stats.json").read_text()) for o in (a, b))
+    for section in ("totals", "sources", "images", "captions", "vocabulary", "duplicates", "decontamination",
+                    "contact_sheet", "read_errors"):
+        assert s2[section] == s1[section], section
+    assert s2["totals"]["images"] > 0 and s2["funnel"]["available"]
+
+
 def test_funnel_identity_exact(world):
     out, truth = world["out"], world["truth"]
     funnel = json.loads((out / "funnel.json").read_text())
@@ -337,6 +346,7 @@ def test_prism_portable_runner_gives_the_same_corpus(world):
     assert run_cmd.main(["--config", str(cfg), "--", *prism_args(binary)]) == 0
     assert _shard_digests(out4) == _shard_digests(world["out"])
     assert (out4 / "dedup_examples.jsonl").read_bytes() == (world["out"] / "dedup_examples.jsonl").read_bytes()
+    _assert_same_report(world["out"], out4)
 
 
 def test_fsspec_url_output_gives_the_same_corpus(world, tmp_path, monkeypatch):
@@ -457,12 +467,7 @@ def test_dask_distributed_cluster_gives_the_same_corpus(world, dask_cluster):
     f1, f2 = (json.loads((o / "funnel.json").read_text()) for o in (world["out"], out6))
     f1.pop("seconds"), f2.pop("seconds")
     assert f1 == f2 and f2["balanced"]
-    # The report, computed by the dask workers: the DirectRunner's numbers (paths name each run's output).
-    s1, s2 = (json.loads((o / "report" / "stats.json").read_text()) for o in (world["out"], out6))
-    for section in ("totals", "sources", "images", "captions", "vocabulary", "duplicates", "decontamination",
-                    "contact_sheet"):
-        assert s2[section] == s1[section], section
-    assert s2["totals"]["images"] > 0
+    _assert_same_report(world["out"], out6)    # computed by the dask workers
     with Client(dask_cluster) as client:
         prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
     assert any("run_bundle" in p for p in prefixes), prefixes   # dask's key_split drops the leading underscore

@@ -9,8 +9,8 @@ counts) folds the per-shard partials of `shard_stats` with the sketches of `sket
 `curation.decontam`, `curation.dedup.examples`); charts from `plots`; the page from `page`; `browser`
 checks a page in headless Chromium and takes its picture. The merge code (`merge`) is shared with the
 report `curate run` computes inside its Beam job (`in_job`, from partials its shard writers compute;
-`output.finish_report` adds the funnel on the driver without reading a shard). Everything is read and written through fsspec:
-one code path for a local output and a URL one.
+`output.finish_report` adds the funnel on the driver without reading a shard). Everything is read and
+written through fsspec: one code path for a local output and a URL one.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The corpus report computed inside `curate run`'s Beam job, from per-shard partials: no pass over the corpus.
+"""The corpus report computed inside `curate run`'s Beam job from per-shard partials: no pass over the corpus.
 
-    partials ─┬─ strip big counters ─ CombineGlobally(SmallStatsFn) ───────────────────────┐
-              └─ explode big counters ─ CombinePerKey(sum) ─ CombinePerKey(KeySummaryFn) ─ AsDict ─ write files
+    partials ─┬─ small parts ─ CombineGlobally(SmallStatsFn) ─────────────────────────────── write files
+              └─ (counter:key, n) ─ CombinePerKey(sum) ─ CombinePerKey(KeySummaryFn) ─ AsDict ─┘
 
 Input: one partial per shard (`shard_stats.PartialBuilder`, computed by the shard writer from the samples
 it writes, `curation.sharding.WriteShardFn`). Output under ``out_dir`` (any fsspec URL, atomic writes):

@@ -1,6 +1,9 @@
-"""The map step of `curate stats`: everything the report needs from one shard, in mergeable form.
+"""The map step of the corpus report: everything the report needs from one shard, in mergeable form.
 
-`shard_partial` runs once per tar in a process pool (see `sketches.map_shards`). One worker holds one
+`PartialBuilder` builds a shard's partial one sample at a time, from either side of the tar: `shard_partial`
+reads the tar (`curate stats`, once per tar in a process pool, see `sketches.map_shards`), and
+`curation.sharding.WriteShardFn` feeds it the samples it writes (`curate run`'s in-job report), with equal
+partials for equal samples (`PartialBuilder.add_written` sees a sample as its reader will). One worker holds one
 sample at a time plus its partial: integer distributions as value -> count (bounded by the number of
 distinct widths, heights and lengths), word / bigram / hash counts of this shard only (they grow with the
 shard, never with the corpus), and at most ``contact_sheet_size + num_cluster_examples`` thumbnails.
