@@ -4,6 +4,9 @@
       ─ decontam (pixels) ─ exact dedup ─ near-dup images ─ caption dedup ─ shard
     read eval sets ─ load+resize eval images ─ eval shards; their ids / pHashes feed both decontam stages
 
+The shard writers also compute the corpus report's per-shard partials when ``report`` is on, merged inside
+the job into ``OUT/report/`` (`curation.report.in_job`); the driver adds only the funnel.
+
 Every stage's drops leave through the tagged output ``dropped`` (see `curation.funnel`) and end in
 ``OUT/dropped/`` and the ledger the driver turns into ``funnel.json``. What is written under ``OUT/_work``
 is scratch for the driver: shard infos and the ledger. ``OUT`` may be a local path or any fsspec URL: every
@@ -38,6 +41,8 @@ from curation.funnel import (
     row_event,
 )
 from curation.outdir import WriteLines, WritePartitionedLines
+from curation.report.in_job import ReportInJob
+from curation.report.shard_stats import StatsConfig
 from curation.sharding import WriteShards
 from curation.sources import jsonfiles, textsplits
 from curation.sources.group import assemble_picture, assemble_vg
@@ -49,6 +54,10 @@ CORPUS = "corpus"
 
 def work_dir(out: str) -> str:
     return fsutil.join(out, "_work")
+
+
+def report_dir(out: str) -> str:
+    return fsutil.join(out, "report")
 
 
 def ledger_path(out: str) -> str:
@@ -369,8 +378,12 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig, *, cache_dir: str, progress
     to_write = ((capped | "CorpusGroup" >> beam.Map(lambda r: (CORPUS, r)),
                  prepared_eval.ok | "EvalGroup" >> beam.Map(lambda r: (r["eval_set"], r)))
                 | "ToWrite" >> beam.Flatten())
-    infos = to_write | "WriteShards" >> WriteShards(dirs, samples_per_shard=cfg.shard.samples_per_shard,
-                                                    seed=cfg.shard.seed, cache_dir=cache_dir)
+    report_cfg = StatsConfig() if cfg.report else None     # the corpus report, computed by the shard writers
+    infos, partials = to_write | "WriteShards" >> WriteShards(
+        dirs, samples_per_shard=cfg.shard.samples_per_shard, seed=cfg.shard.seed,
+        cache_dir=cache_dir, stats={CORPUS: report_cfg} if report_cfg else None)
+    if report_cfg:
+        partials | "Report" >> ReportInJob(report_dir(out), report_cfg, spec=out, render=False)
     infos | "ShardInfos" >> WriteLines(shard_infos_path(out))    # one line per shard
     ledger.append(capped | "CountKept" >> beam.FlatMap(
         lambda r: [(f"kept|{s}", n) for s, n in r["rows"].items()] + [("samples_written", 1)]))

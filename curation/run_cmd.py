@@ -2,7 +2,9 @@
 
 The driver: loads the configuration, runs the Beam pipeline (DirectRunner in multi-processing mode on every
 core unless ``--runner`` is given after ``--``), prints live progress while it runs, then turns the ledger
-into ``funnel.json``, writes the manifests (last), and prints the funnel table.
+into ``funnel.json``, writes the manifests (last), and prints the funnel table. The corpus report's numbers
+come from the job (its shard writers compute per-shard partials, `curation.report.in_job` merges them); the
+driver only adds the funnel and renders the page, never reading a shard.
 
 Output layout (``output`` in the config)::
 
@@ -13,7 +15,7 @@ Output layout (``output`` in the config)::
     dedup_examples.jsonl             a few merged near-duplicate clusters with member thumbnails (the report's)
     _cache/fetch-<hash>/             fetched images and their metadata per fetch unit (resume); safe to delete after a run
     _work/                           driver scratch (ledger, shard infos)
-    report/report.html, report/stats.json                                         the `curate stats` report
+    report/report.html, report/stats.json, report/thumbnails.json                the corpus report
 
 ``output`` may be a local path or any fsspec URL (gs://, s3://, file://, ...): every file above is written
 through fsspec, by the driver and by Beam's workers alike (`curation.outdir`), so on a cluster the output
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     outdir.remove(fsutil.join(out, "manifest.json"))
     for edir in fsutil.listdir(fsutil.join(out, "eval")):
         outdir.remove(fsutil.join(edir, "manifest.json"))
-    for d in ("_work", "dropped", "funnel.json", DEDUP_EXAMPLES_FILE):
+    for d in ("_work", "dropped", "funnel.json", DEDUP_EXAMPLES_FILE, "report"):
         outdir.remove(fsutil.join(out, d))
     cache_dir = fsutil.join(out, "_cache", "fetch-" + fetch_cache.settings_hash(_fetch_settings(cfg)))
     # Live progress counters are small files every worker process rewrites each second and the driver
@@ -181,8 +183,8 @@ def run(args: argparse.Namespace) -> int:
 
     print(summary_table(funnel))
     if cfg.report:
-        # Every corpus comes with its report; the manifest is already final, so the report reads it.
-        print(f"curate run: report {write_report(out)}")
+        # The job computed the corpus numbers (its shard writers); only the funnel is added here, from small files.
+        print(f"curate run: report {finish_report(out)}")
     print(f"curate run: {funnel['samples_written']} samples in {len(by_group.get(CORPUS, []))} shards under "
           f"{fsutil.join(out, 'shards')} ({elapsed:.1f}s); funnel: {fsutil.join(out, 'funnel.json')}")
     if not funnel["balanced"]:
@@ -201,10 +203,15 @@ def _remove_stale(shards_dir: str, keep: set[str]) -> None:
                 outdir.remove(base + suffix)
 
 
-def write_report(out: str) -> str:
-    """`curate stats` on the finished corpus into ``out/report/``; returns the page's path."""
-    from curation.report import build_report
-    return build_report(out, fsutil.join(out, "report")).html
+def finish_report(out: str) -> str:
+    """The report the job wrote into ``out/report/``, plus ``funnel.json`` and the dedup examples; returns
+    the page's path. Reads no shard (`curation.report.output.finish_report`)."""
+    from curation.dedup.examples import FILE_NAME as DEDUP_EXAMPLES_FILE
+    from curation.pipeline import report_dir
+    from curation.report.output import finish_report as finish
+    examples = fsutil.join(out, DEDUP_EXAMPLES_FILE)
+    return finish(report_dir(out), funnel_path=fsutil.join(out, "funnel.json"),
+                  dedup_examples_path=examples if fsutil.exists(examples) else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,6 +75,9 @@ def _positions(item, starts, per_shard):
         yield (group, pos // per_shard), (pos, r)
 
 
+PARTIALS = "stats_partials"   # WriteShardFn's tagged output: the report's per-shard partials
+
+
 def with_images(records: list[dict], cache_dir: str | None):
     """(record, image bytes) in order; images read from the fetch cache ``READ_BATCH`` at a time."""
     for i in range(0, len(records), READ_BATCH):
@@ -88,28 +91,48 @@ def with_images(records: list[dict], cache_dir: str | None):
 
 
 class WriteShardFn(beam.DoFn):
-    def __init__(self, dirs: dict, cache_dir: str | None = None):
+    """((group, shard index), [(position, record)]) -> the shard's JSON info line; with ``stats`` naming the
+    group (group -> `StatsConfig`), also the report's partial of the shard on the tagged output `PARTIALS`,
+    computed from the samples as they are written (`curation.report.in_job`). Holds one shard's records,
+    ``READ_BATCH`` images and, with a report, that shard's partial (its distinct words / hashes and a few
+    thumbnails)."""
+
+    def __init__(self, dirs: dict, cache_dir: str | None = None, stats: dict | None = None):
         self.dirs = dirs   # group -> shards directory
         self.cache_dir = cache_dir
+        self.stats = stats or {}
 
     def process(self, item):
         (group, index), members = item
         rows: dict[str, int] = {}
+        stats_cfg = self.stats.get(group)
+        partial = None
         records = [r for _pos, r in sorted(members, key=lambda m: m[0])]
         with ShardWriter(self.dirs[group], index) as w:
+            if stats_cfg is not None:
+                from curation.report.shard_stats import PartialBuilder
+                partial = PartialBuilder(w.base + ".tar", stats_cfg)
             for r, image in with_images(records, self.cache_dir):
-                w.write(to_sample(r, image))
+                sample = to_sample(r, image)
+                w.write(sample)
+                if partial is not None:
+                    partial.add_written(sample)
                 for src, n in (r.get("rows") or {}).items():
                     rows[src] = rows.get(src, 0) + n
         yield json.dumps({"group": group, "index": index, "info": w.info.to_json(), "rows": rows}, sort_keys=True)
+        if partial is not None:
+            yield beam.pvalue.TaggedOutput(PARTIALS, partial.finish(tar_bytes=w.info.bytes))
 
 
 class WriteShards(beam.PTransform):
-    """(group, record) -> JSON lines describing each written shard."""
+    """(group, record) -> (JSON lines describing each written shard, report partials of the shards of the
+    groups named in ``stats``: empty without)."""
 
-    def __init__(self, dirs: dict, *, samples_per_shard: int, seed: int, cache_dir: str | None = None):
+    def __init__(self, dirs: dict, *, samples_per_shard: int, seed: int, cache_dir: str | None = None,
+                 stats: dict | None = None):
         super().__init__()
-        self.dirs, self.per_shard, self.seed, self.cache_dir = dirs, samples_per_shard, seed, cache_dir
+        self.dirs, self.per_shard, self.seed = dirs, samples_per_shard, seed
+        self.cache_dir, self.stats = cache_dir, stats
 
     def expand(self, items):
         seed, per = self.seed, self.per_shard
@@ -121,8 +144,10 @@ class WriteShards(beam.PTransform):
                   | "CountPerBucket" >> beam.CombinePerKey(sum)
                   | "AllCounts" >> beam.combiners.ToList()
                   | "PrefixSums" >> beam.Map(_prefix_sums))
-        return (bucketed
-                | "GroupByBucket" >> beam.GroupByKey()
-                | "Positions" >> beam.FlatMap(_positions, beam.pvalue.AsSingleton(starts), per)
-                | "GroupByShard" >> beam.GroupByKey()
-                | "WriteShard" >> beam.ParDo(WriteShardFn(self.dirs, self.cache_dir)))
+        written = (bucketed
+                   | "GroupByBucket" >> beam.GroupByKey()
+                   | "Positions" >> beam.FlatMap(_positions, beam.pvalue.AsSingleton(starts), per)
+                   | "GroupByShard" >> beam.GroupByKey()
+                   | "WriteShard" >> beam.ParDo(WriteShardFn(self.dirs, self.cache_dir, self.stats)).with_outputs(PARTIALS,
+                                                                                               main="infos"))
+        return written.infos, written[PARTIALS]

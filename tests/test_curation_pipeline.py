@@ -76,6 +76,15 @@ def _shard_digests(out: Path) -> dict:
             for p in sorted(glob.glob(str(out / "**" / "shards" / "*"), recursive=True))}
 
 
+def _assert_same_report(a: Path, b: Path) -> None:
+    """The in-job reports of two runs hold the same numbers (paths name each run's own output)."""
+    s1, s2 = (json.loads((o / "report" / "stats.json").read_text()) for o in (a, b))
+    for section in ("totals", "sources", "images", "captions", "vocabulary", "duplicates", "decontamination",
+                    "contact_sheet", "read_errors"):
+        assert s2[section] == s1[section], section
+    assert s2["totals"]["images"] > 0 and s2["funnel"]["available"]
+
+
 def test_funnel_identity_exact(world):
     out, truth = world["out"], world["truth"]
     funnel = json.loads((out / "funnel.json").read_text())
@@ -253,6 +262,53 @@ def test_caption_cluster_cap(world):
     assert any(e["reason"] == "caption_cluster_cap" for e in _events(out))
 
 
+def test_report_in_job_equals_curate_stats(world, tmp_path):
+    """The report `curate run` computed inside its job (partials from the shard writers) is the one
+    `curate stats` computes by reading the finished corpus: every number, every path."""
+    from curation.report import build_report
+    out = world["out"]
+    job = json.loads((out / "report" / "stats.json").read_text())
+    ref = build_report(str(out), str(tmp_path / "ref"))
+    assert job == json.loads(Path(ref.stats).read_text())
+    assert job["totals"]["images"] == read_manifest(str(out))["num_samples"] > 0
+    assert job["shards"]["per_shard"] and job["funnel"]["available"] and job["duplicates"]["merged_clusters"]["clusters"]
+    assert (out / "report" / "report.html").read_bytes() == Path(ref.html).read_bytes()
+
+
+def test_the_driver_reads_no_shard_for_the_report(world, tmp_path, monkeypatch):
+    """The corpus shards vanish the moment the Beam job returns: a driver that read them for its report would
+    count none (or fail); the report still holds every sample, and equals `curate stats` once they are back."""
+    import shutil
+
+    import apache_beam as beam
+
+    from curation.report import build_report
+    out7 = world["root"] / "out_noread"
+    hidden = world["root"] / "out_noread_shards"
+    cfg = _config(world["info"], out7)
+    pipeline_exit = beam.Pipeline.__exit__
+
+    def exit_then_hide_shards(self, exc_type, exc_val, exc_tb):
+        pipeline_exit(self, exc_type, exc_val, exc_tb)
+        if exc_type is None:
+            (out7 / "shards").rename(hidden)
+            (out7 / "shards").mkdir()
+
+    monkeypatch.setattr(beam.Pipeline, "__exit__", exit_then_hide_shards)
+    assert run_cmd.main(["--config", str(cfg), *MP]) == 0
+    monkeypatch.undo()
+    # what the driver wrote there after the job (the manifest's sizes.json) goes back with the shards
+    assert hidden.is_dir() and not list((out7 / "shards").glob("*.tar")) and list(hidden.glob("*.tar"))
+    for path in (out7 / "shards").iterdir():
+        shutil.move(path, hidden / path.name)
+    (out7 / "shards").rmdir()
+    hidden.rename(out7 / "shards")
+    job = json.loads((out7 / "report" / "stats.json").read_text())
+    assert job == json.loads(Path(build_report(str(out7), str(tmp_path / "ref")).stats).read_text())
+    assert job["totals"]["images"] == read_manifest(str(out7))["num_samples"] > 0
+    assert job["read_errors"]["skipped_total"] == 0
+
+
 def test_rerun_is_byte_identical(world, tmp_path):
     """Another runner mode, another output dir, no cache: the same bytes."""
     out2 = world["root"] / "out_again"
@@ -303,6 +359,7 @@ def test_prism_portable_runner_gives_the_same_corpus(world):
     assert run_cmd.main(["--config", str(cfg), "--", *prism_args(binary)]) == 0
     assert _shard_digests(out4) == _shard_digests(world["out"])
     assert (out4 / "dedup_examples.jsonl").read_bytes() == (world["out"] / "dedup_examples.jsonl").read_bytes()
+    _assert_same_report(world["out"], out4)
 
 
 def test_fsspec_url_output_gives_the_same_corpus(world, tmp_path, monkeypatch):
@@ -423,6 +480,7 @@ def test_dask_distributed_cluster_gives_the_same_corpus(world, dask_cluster):
     f1, f2 = (json.loads((o / "funnel.json").read_text()) for o in (world["out"], out6))
     f1.pop("seconds"), f2.pop("seconds")
     assert f1 == f2 and f2["balanced"]
+    _assert_same_report(world["out"], out6)    # computed by the dask workers
     with Client(dask_cluster) as client:
         prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
     assert any("run_bundle" in p for p in prefixes), prefixes   # dask's key_split drops the leading underscore

@@ -7,13 +7,14 @@ Owns the corpus statistics and the report: `corpus_stats.compute_stats` (streami
 counts) folds the per-shard partials of `shard_stats` with the sketches of `sketches`, and adds what
 `curate run` wrote beside the shards through the readers that live with their writers (`curation.funnel`,
 `curation.decontam`, `curation.dedup.examples`); charts from `plots`; the page from `page`; `browser`
-checks a page in headless Chromium and takes its picture. Everything is read and written through fsspec:
-one code path for a local output and a URL one.
+checks a page in headless Chromium and takes its picture. The merge code (`merge`) is shared with the
+report `curate run` computes inside its Beam job (`in_job`, from partials its shard writers compute;
+`output.finish_report` adds the funnel on the driver without reading a shard). Everything is read and
+written through fsspec: one code path for a local output and a URL one.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -32,19 +33,14 @@ def build_report(spec: str | Iterable[str], out_dir: str, *, tokenizer: str | No
     from shards import fsutil
 
     from .corpus_stats import compute_stats
-    from .page import render_html
+    from .output import STATS_FILE, write_report_files
     from .shard_stats import StatsConfig
 
     cfg = StatsConfig(tokenizer=tokenizer, workers=workers, seed=seed, contact_sheet_size=contact_sheet_size,
                       **stats_options)
     result = compute_stats(spec, cfg, funnel_path=funnel, dedup_examples_path=dedup_examples, progress=progress)
-    fsutil.makedirs(out_dir)
-    stats_path = fsutil.join(out_dir, "stats.json")
-    html_path = fsutil.join(out_dir, "report.html")
-    # stats.json first: a report.html on disk always has its numbers beside it.
-    fsutil.atomic_write_bytes(stats_path, json.dumps(result.stats, indent=1, ensure_ascii=False).encode())
-    fsutil.atomic_write_bytes(html_path, render_html(result.stats, result.thumbnails).encode("utf-8"))
-    return ReportPaths(html=html_path, stats=stats_path)
+    html_path = write_report_files(out_dir, result)
+    return ReportPaths(html=html_path, stats=fsutil.join(out_dir, STATS_FILE))
 
 
 __all__ = ["ReportPaths", "build_report"]

@@ -1,6 +1,9 @@
-"""The map step of `curate stats`: everything the report needs from one shard, in mergeable form.
+"""The map step of the corpus report: everything the report needs from one shard, in mergeable form.
 
-`shard_partial` runs once per tar in a process pool (see `sketches.map_shards`). One worker holds one
+`PartialBuilder` builds a shard's partial one sample at a time, from either side of the tar: `shard_partial`
+reads the tar (`curate stats`, once per tar in a process pool, see `sketches.map_shards`), and
+`curation.sharding.WriteShardFn` feeds it the samples it writes (`curate run`'s in-job report), with equal
+partials for equal samples (`PartialBuilder.add_written` sees a sample as its reader will). One worker holds one
 sample at a time plus its partial: integer distributions as value -> count (bounded by the number of
 distinct widths, heights and lengths), word / bigram / hash counts of this shard only (they grow with the
 shard, never with the corpus), and at most ``contact_sheet_size + num_cluster_examples`` thumbnails.
@@ -12,8 +15,11 @@ from __future__ import annotations
 import collections
 import heapq
 import io
+import json
 import math
+import posixpath
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +27,13 @@ import numpy as np
 
 from shards import fsutil
 from shards.reader import ReadCounters, ShardRef, iter_shard
+from shards.schema import Sample
 
 from .sketches import BottomK, hash_priority
 
 STATS_FORMAT = "vlfusion-stats/1"
+# The exact counters whose distinct keys grow with the corpus: merged per key, never in one dict (see merge.py).
+BIG_COUNTERS = ("words", "bigrams", "sha256", "phash")
 ASPECT_EDGES = np.linspace(-2.0, 2.0, 41)          # log2(width/height): 1/4 .. 4
 BYTES_EDGES = np.linspace(2.0, 8.0, 49)            # log10(bytes): 100 B .. 100 MB
 WORD_RE = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
@@ -147,30 +156,38 @@ def _brief(sample, size: int) -> dict[str, Any]:
             "cluster_size": size}
 
 
-def shard_partial(ref: ShardRef, cfg: StatsConfig) -> dict[str, Any]:
-    """Everything the report needs from one shard, in mergeable form."""
-    counters = ReadCounters()
-    tok = _tokenizer(cfg.tokenizer) if cfg.tokenizer else None
-    p: dict[str, Any] = {
-        "shard": ref.path, "samples": 0, "pairs": 0, "qa": 0, "image_bytes": 0,
-        "with_captions": 0, "with_qa": 0, "with_sources": 0, "multi_source": 0, "with_phash": 0,
-        "per_source": {}, "width": collections.Counter(), "height": collections.Counter(),
-        "aspect": [0] * (len(ASPECT_EDGES) - 1), "aspect_out": collections.Counter(),
-        "bytes_hist": [0] * (len(BYTES_EDGES) - 1), "bytes_out": collections.Counter(),
-        "bytes_min": None, "bytes_max": None, "formats": collections.Counter(),
-        "size_from_header": 0, "size_mismatch": 0, "image_header_errors": 0, "thumb_errors": 0,
-        "words_len": collections.Counter(), "tokens_len": collections.Counter(), "truncated": 0,
-        "words": collections.Counter(), "bigrams": collections.Counter(),
-        "sha256": collections.Counter(), "phash": collections.Counter(),
-        "cluster_sizes": collections.Counter(), "eval_flags": collections.Counter(),
-    }
-    sheet = BottomK(cfg.contact_sheet_size)
-    clusters: list[tuple[int, str, dict]] = []   # largest clusters: (size, key, brief)
-    try:
-        tar_bytes = fsutil.size(ref.path)
-    except (FileNotFoundError, OSError):
-        tar_bytes = 0
-    for s in iter_shard(ref, counters, cfg.verify):
+class PartialBuilder:
+    """One shard's partial, built one sample at a time: from a shard read back (`shard_partial`) or from
+    the samples a writer has just written (`curation.sharding.WriteShardFn`, through `add_written`), with
+    the same result for the same samples. Holds the partial (see the module docstring) and never a sample."""
+
+    def __init__(self, shard: str, cfg: StatsConfig):
+        self.cfg = cfg
+        self.tok = _tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+        self.p: dict[str, Any] = {
+            "shard": shard, "samples": 0, "pairs": 0, "qa": 0, "image_bytes": 0,
+            "with_captions": 0, "with_qa": 0, "with_sources": 0, "multi_source": 0, "with_phash": 0,
+            "per_source": {}, "width": collections.Counter(), "height": collections.Counter(),
+            "aspect": [0] * (len(ASPECT_EDGES) - 1), "aspect_out": collections.Counter(),
+            "bytes_hist": [0] * (len(BYTES_EDGES) - 1), "bytes_out": collections.Counter(),
+            "bytes_min": None, "bytes_max": None, "formats": collections.Counter(),
+            "size_from_header": 0, "size_mismatch": 0, "image_header_errors": 0, "thumb_errors": 0,
+            "words_len": collections.Counter(), "tokens_len": collections.Counter(), "truncated": 0,
+            "words": collections.Counter(), "bigrams": collections.Counter(),
+            "sha256": collections.Counter(), "phash": collections.Counter(),
+            "cluster_sizes": collections.Counter(), "eval_flags": collections.Counter(),
+        }
+        self.sheet = BottomK(cfg.contact_sheet_size)
+        self.clusters: list[tuple] = []   # min-heap of the largest clusters: (size, neg key, key, brief)
+
+    def add_written(self, sample: Sample) -> None:
+        """A sample as a writer holds it, seen as a reader of its shard will (its ``KEY.json`` round trip:
+        extra fields flattened, JSON types): partials from the writer equal those read back, by construction."""
+        meta = json.loads(json.dumps(sample.metadata(), sort_keys=True, ensure_ascii=False))
+        self.add(Sample.from_members(posixpath.basename(sample.key), sample.image, sample.image_ext, meta, None))
+
+    def add(self, s: Sample) -> None:
+        p, cfg = self.p, self.cfg
         p["samples"] += 1
         n_bytes = len(s.image)
         p["image_bytes"] += n_bytes
@@ -217,8 +234,8 @@ def shard_partial(ref: ShardRef, cfg: StatsConfig) -> dict[str, Any]:
             words = WORD_RE.findall(c.lower())
             p["words"].update(words)
             p["bigrams"].update(f"{a} {b}" for a, b in zip(words, words[1:]))
-            if tok is not None:
-                n_tok = len(tok.encode(c, max_len=None))
+            if self.tok is not None:
+                n_tok = len(self.tok.encode(c, max_len=None))
                 p["tokens_len"][n_tok] += 1
                 p["truncated"] += n_tok > cfg.max_tokens
 
@@ -234,12 +251,13 @@ def shard_partial(ref: ShardRef, cfg: StatsConfig) -> dict[str, Any]:
             p["eval_flags"][str(eval_set)] += 1
 
         prio = hash_priority(cfg.seed, s.key)
-        if sheet.wants(prio, s.key):
+        if self.sheet.wants(prio, s.key):
             thumb = thumbnail(s.image, cfg.thumb_size)
             if thumb is None:
                 p["thumb_errors"] += 1
             else:
-                sheet.push(prio, s.key, (_brief(s, size), thumb))
+                self.sheet.push(prio, s.key, (_brief(s, size), thumb))
+        clusters = self.clusters
         if size > 1 and cfg.num_cluster_examples:
             entry = (size, _neg_key(s.key), s.key)
             if len(clusters) < cfg.num_cluster_examples or entry > clusters[0][:3]:
@@ -250,11 +268,39 @@ def shard_partial(ref: ShardRef, cfg: StatsConfig) -> dict[str, Any]:
                         heapq.heappush(clusters, item)
                     else:
                         heapq.heapreplace(clusters, item)
-    p["tar_bytes"] = tar_bytes
-    p["counters"] = counters.to_json()
-    p["sheet"] = sheet.items()
-    p["clusters"] = [(size, key, brief) for size, _, key, brief in clusters]
-    return p
+
+    def finish(self, *, tar_bytes: int, counters: ReadCounters | None = None) -> dict[str, Any]:
+        """The partial. ``counters``: the reader's (what it skipped); a writer's shard was read by nobody, and
+        counts as one shard read whole."""
+        p = self.p
+        if counters is None:
+            counters = ReadCounters(shards=1, samples=p["samples"])
+        p["tar_bytes"] = tar_bytes
+        p["counters"] = counters.to_json()
+        p["sheet"] = self.sheet.items()
+        p["clusters"] = [(size, key, brief) for size, _, key, brief in self.clusters]
+        return p
+
+
+def partial_from_samples(name: str, samples: Iterable[Sample], *, tar_bytes: int, cfg: StatsConfig,
+                         counters: ReadCounters | None = None) -> dict[str, Any]:
+    """The partial of shard ``name`` (its path) holding ``samples`` (as read back), ``tar_bytes`` long.
+    ``counters`` is read only once ``samples`` is exhausted (a reader fills it while it yields)."""
+    b = PartialBuilder(name, cfg)
+    for s in samples:
+        b.add(s)
+    return b.finish(tar_bytes=tar_bytes, counters=counters)
+
+
+def shard_partial(ref: ShardRef, cfg: StatsConfig) -> dict[str, Any]:
+    """Everything the report needs from one shard, in mergeable form, read from the shard."""
+    counters = ReadCounters()
+    try:
+        tar_bytes = fsutil.size(ref.path)
+    except (FileNotFoundError, OSError):
+        tar_bytes = 0
+    return partial_from_samples(ref.path, iter_shard(ref, counters, cfg.verify), tar_bytes=tar_bytes, cfg=cfg,
+                                counters=counters)
 
 
 def _neg_key(key: str) -> tuple[int, ...]:

@@ -4,6 +4,8 @@
   replacement that two workers' halves merge into the sample of the whole. Holds k items.
 - `SpillCounter`: exact counts of string keys; past a threshold of distinct keys the table moves to
   hash-partitioned files on local scratch, so memory is one partition, not every distinct bigram.
+- `KeySummary`: top-k / distinct / repeated keys of exact (key, count) pairs; mergeable, holds 2 x k entries
+  (`SpillCounter.summary` here, a Beam combiner in `in_job`).
 - `int_summary`: exact percentiles of an integer distribution given as value -> count.
 - `map_shards`: one task per shard over a process pool.
 
@@ -63,6 +65,12 @@ class _Opaque:
     def __init__(self, v: Any):
         self.v = v
 
+    def __getstate__(self):
+        return (self.v,)
+
+    def __setstate__(self, state):
+        self.v = state[0]
+
     def __lt__(self, other: _Opaque) -> bool:
         return False
 
@@ -119,22 +127,51 @@ class SpillCounter:
             yield from part.items()
 
     def summary(self, top_k: int, *, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
-        """One pass: top-k (ties by key), top-k without `exclude`, distinct keys, keys seen twice+."""
-        top: list[tuple[int, str]] = []
-        top_ex: list[tuple[int, str]] = []
-        distinct = repeated = extra = 0
+        """One pass over the exact counts: see `KeySummary`."""
+        ks = KeySummary(top_k, exclude)
         for k, v in self.items():
-            distinct += 1
-            if v > 1:
-                repeated += 1
-                extra += v - 1
-            _push_top(top, top_k, v, k)
-            if exclude and not any(w in exclude for w in k.split(" ")):
-                _push_top(top_ex, top_k, v, k)
+            ks.add(k, v)
+        return ks.result()
+
+
+class KeySummary:
+    """One pass over (key, exact count) pairs, each key once: the top_k by count (ties by key), the top_k
+    whose words avoid `exclude`, distinct keys, total count, keys seen twice or more and their extra copies.
+
+    Two summaries over disjoint key sets merge into the summary of the union (the top-k of a union is
+    the top-k of the two top-k's). Holds at most 2 x top_k entries.
+    """
+
+    def __init__(self, top_k: int, exclude: frozenset[str] = frozenset()):
+        self.top_k, self.exclude = top_k, exclude
+        self.top: list[tuple[int, _RevKey]] = []
+        self.top_ex: list[tuple[int, _RevKey]] = []
+        self.distinct = self.total = self.repeated = self.extra = 0
+
+    def add(self, key: str, count: int) -> None:
+        self.distinct += 1
+        self.total += count
+        if count > 1:
+            self.repeated += 1
+            self.extra += count - 1
+        _push_top(self.top, self.top_k, count, key)
+        if self.exclude and not any(w in self.exclude for w in key.split(" ")):
+            _push_top(self.top_ex, self.top_k, count, key)
+
+    def merge(self, o: KeySummary) -> None:
+        self.distinct += o.distinct
+        self.total += o.total
+        self.repeated += o.repeated
+        self.extra += o.extra
+        for heap, other in ((self.top, o.top), (self.top_ex, o.top_ex)):
+            for count, rk in other:
+                _push_top(heap, self.top_k, count, rk.k)
+
+    def result(self) -> dict[str, Any]:
         def order(heap: list) -> list[list]:
             return [[rk.k, v] for v, rk in sorted(heap, key=lambda e: (-e[0], e[1].k))]
-        return {"top": order(top), "top_excluding": order(top_ex), "distinct": distinct,
-                "total": self.total, "repeated_keys": repeated, "extra_copies": extra}
+        return {"top": order(self.top), "top_excluding": order(self.top_ex), "distinct": self.distinct,
+                "total": self.total, "repeated_keys": self.repeated, "extra_copies": self.extra}
 
 
 class _RevKey:
@@ -143,6 +180,12 @@ class _RevKey:
 
     def __init__(self, k: str):
         self.k = k
+
+    def __getstate__(self):
+        return (self.k,)
+
+    def __setstate__(self, state):
+        self.k = state[0]
 
     def __lt__(self, other: _RevKey) -> bool:
         return self.k > other.k
