@@ -19,6 +19,7 @@ import http.client
 import importlib
 import importlib.util
 import io
+import os
 import random
 import socket
 import ssl
@@ -48,6 +49,9 @@ def img2dataset_module(name: str):
     attributes (``download``, ``main``) load ``img2dataset.main`` on first use, as the real ``__init__`` would
     have, so a later ``from img2dataset import download`` in the same process still works.
     """
+    # img2dataset's resizer imports albumentations, which otherwise asks PyPI for a newer version on import:
+    # a network call from every worker process, refused or slow on machines without internet.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     if "img2dataset" not in sys.modules:
         spec = importlib.util.find_spec("img2dataset")
         if spec is None or not spec.submodule_search_locations:
