@@ -20,8 +20,12 @@ def _save(items, path: str) -> None:
 
 
 def _run(records: list[dict], cfg: DedupConfig, tmp: Path) -> tuple[list[dict], list[dict]]:
+    # Records travel as one JSON file read by one element (beam.Create would type-check 20k dicts one by one).
+    (tmp / "records.json").write_text(json.dumps(records))
     with beam.Pipeline(argv=["--runner=DirectRunner", "--direct_running_mode=in_memory"]) as p:
-        kept, drops = p | beam.Create(records) | CaptionClusterCap(cfg)
+        recs = (p | beam.Create([str(tmp / "records.json")])
+                | beam.FlatMap(lambda path: json.loads(Path(path).read_text())) | beam.Reshuffle())
+        kept, drops = recs | CaptionClusterCap(cfg)
         kept | "KeptList" >> beam.combiners.ToList() | "SaveKept" >> beam.Map(_save, str(tmp / "kept.json"))
         drops | "DropList" >> beam.combiners.ToList() | "SaveDrops" >> beam.Map(_save, str(tmp / "drops.json"))
     return json.loads((tmp / "kept.json").read_text()), json.loads((tmp / "drops.json").read_text())
