@@ -43,10 +43,15 @@ import typing
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.metrics import Metrics
 
 from curation.config import DedupConfig
 from curation.dedup.minhash import band_keys, drop_near_duplicate_captions, normalise_caption, signatures
 from curation.funnel import DROPPED, caption_event, record_event
+
+# Beam metrics (max and mean): uses of each distinct caption text, distinct texts per band bucket.
+_TEXT_USES = Metrics.distribution("dedup", "caption_text_uses")
+_BUCKET_TEXTS = Metrics.distribution("dedup", "caption_bucket_texts")
 
 
 def dedupe_record_captions(record: dict, cfg: DedupConfig) -> tuple[dict | None, list[dict]]:
@@ -121,7 +126,8 @@ class TextUsers(beam.CombineFn):
 def text_band_items(item, cfg: DedupConfig):
     """(caption key, (caption, occurrences, users)) -> (band key, (first rank, caption key, signature bytes,
     users)) per band: the signature is computed once per distinct text."""
-    key, (caption, _n, users) = item
+    key, (caption, n, users) = item
+    _TEXT_USES.update(n)
     sig = signatures([caption], num_perm=cfg.caption_num_perm, seed=cfg.seed, ngram=cfg.caption_ngram)[0]
     raw = sig.tobytes()
     for bk in band_keys(sig, cfg.caption_bands):
@@ -132,6 +138,7 @@ def bucket_verdicts(item, cfg: DedupConfig):
     """One band bucket of distinct texts -> (caption key, (allowed uids or None for all, users)) per text."""
     _bk, members = item
     members = sorted(members, key=lambda m: (m[0], m[1]))
+    _BUCKET_TEXTS.update(len(members))
     k = cfg.max_images_per_caption
     if len({u for m in members for _r, u in m[3]}) <= k:
         for m in members:
@@ -175,7 +182,7 @@ def keep_messages(item):
         users = u
         if v is not None:
             allowed = set(v) if allowed is None else allowed & set(v)
-    for _rank_, uid in users:
+    for _r, uid in users:
         if allowed is None or uid in allowed:
             yield uid, key
 
