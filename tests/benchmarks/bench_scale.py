@@ -1,7 +1,7 @@
 """Scale of the metadata stages of `curate run`: time per row, peak memory, largest keys, at 100k / 1M / 10M rows.
 
     python tests/benchmarks/bench_scale.py [--beam-sizes 100000,1000000] [--key-sizes 100000,1000000,10000000]
-                                           [--mode multi_processing] [--workers 2]
+                                           [--mode in_memory|multi_processing] [--workers 2]
 
 Rows are generated (CC3M TSV lines) with the skew a web corpus has:
 - clusters of near-duplicates: 5 % of rows are re-encodings of an earlier picture (64-bit hash 0-4 bits off,
@@ -22,11 +22,14 @@ A. Beam-measured (``--beam-sizes``): the real transforms of `curation.pipeline.b
    `dedupe_record_captions`, `CaptionClusterCap`, drop counting and the ledger), on records in the shape the
    fetch stage leaves them: metadata only, no image bytes (uid, rows, sources, url, captions, qa, sizes,
    sha256, phash, ``dedup_signature`` built with `curation.dedup.signature.pack`, ``image_ref``). The fetch
-   itself is replaced by a lookup of the generated metadata of the row's URL. Runner: DirectRunner in
-   ``multi_processing`` mode (``--workers`` SDK worker processes): the workers are separate processes, so
-   a worker's peak RSS is measured on its own (``RUSAGE_CHILDREN`` of a process that ran one size), apart
-   from the runner process, which holds every stage's whole output between stages (the role a
-   distributed shuffle service has on Dataflow / Flink / Dask, so its RSS grows with N by design).
+   itself is replaced by a lookup of the generated metadata of the row's URL. Runner: DirectRunner,
+   ``in_memory`` by default: on a 2-core machine ``multi_processing`` (2 SDK worker processes) cost twice
+   the CPU for the same rows (254 against 126 CPU seconds at 20k rows: gRPC and per-element encoding
+   between runner and workers), which a 100k run cannot afford. In ``in_memory`` the runner and its one
+   worker are one process that holds every stage's whole output between stages (the role a distributed
+   shuffle service has on Dataflow / Flink / Dask), so its peak RSS grows with N and is *not* a per-worker
+   figure. ``--mode multi_processing`` separates them: the workers are child processes, their peak RSS is
+   ``RUSAGE_CHILDREN`` of a process that ran one size, apart from the runner's.
    Each size runs in a fresh subprocess. Printed: wall and CPU seconds, time per row and its ratio to the
    first size, peak RSS per worker and of the runner, the funnel check (rows in = rows kept + dropped), the
    largest caption text and band bucket (Beam metrics of `curation.dedup.captions`).
@@ -306,8 +309,9 @@ def run_beam(n: int, seed: int, mode: str, workers: int, root: Path) -> dict:
 
 def print_beam(results: list[dict]) -> None:
     r0 = results[0]
-    print(f"\n== A. Beam-measured: DirectRunner {r0['mode']}, {r0['workers']} SDK worker processes, metadata-only "
-          "records, read -> caption cap ==")
+    who = ("one process: runner + worker" if r0["mode"] == "in_memory"
+           else f"{r0['workers']} SDK worker processes; worker peak apart from the runner's")
+    print(f"\n== A. Beam-measured: DirectRunner {r0['mode']} ({who}), metadata-only records, read -> caption cap ==")
     print(f"{'N rows':>10} {'wall s':>8} {'cpu s':>8} {'wall us/row':>12} {'vs N=' + format(r0['n'], ','):>14} "
           f"{'cpu us/row':>11} {'vs N=' + format(r0['n'], ','):>14} {'worker peak MB':>15} {'runner peak MB':>15} "
           f"{'rows in':>10} {'kept+dropped':>13} {'samples':>9} {'largest caption text':>21} "
@@ -316,7 +320,7 @@ def print_beam(results: list[dict]) -> None:
         w, c = r["wall_s"] / r["n"], r["cpu_s"] / r["n"]
         print(f"{r['n']:>10,} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {1e6 * w:>12.1f} "
               f"{w / (r0['wall_s'] / r0['n']):>13.2f}x {1e6 * c:>11.1f} {c / (r0['cpu_s'] / r0['n']):>13.2f}x "
-              f"{r['worker_rss_mb']:>15.0f} {r['runner_rss_mb']:>15.0f} {r['rows_in']:>10,} "
+              f"{format(r['worker_rss_mb'], '.0f') if r['mode'] != 'in_memory' else 'n/a':>15} {r['runner_rss_mb']:>15.0f} {r['rows_in']:>10,} "
               f"{r['rows_kept'] + r['rows_dropped']:>13,} {r['samples']:>9,} "
               f"{r['dists'].get('caption_text_uses', 0):>21,} {r['dists'].get('caption_bucket_texts', 0):>23,}")
     for r in results:
@@ -467,7 +471,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--beam-sizes", default="100000,1000000")
     ap.add_argument("--key-sizes", default="100000,1000000,10000000")
-    ap.add_argument("--mode", default="multi_processing", choices=("multi_processing", "in_memory"))
+    ap.add_argument("--mode", default="in_memory", choices=("multi_processing", "in_memory"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)   # run one Beam size, print JSON
