@@ -261,23 +261,6 @@ def test_minhash_matches_datasketch_and_finds_near_captions():
     assert kept == [caps[0], caps[2]] and removed == [caps[1]]
 
 
-def test_caption_cap_bucket_keeps_n_images(tmp_path):
-    from curation.dedup.captions import _band_items, _cap_bucket
-    cfg = DedupConfig(max_images_per_caption=2)
-    web = [{"dataset": "cc3m", "id": "1"}]
-    recs = [{"uid": f"u{i}", "captions": ["stock photo of an abstract background"], "sources": web} for i in range(5)]
-    recs.append({"uid": "other", "captions": ["a red bus on a bridge at night"], "sources": web})
-    # human captions (COCO) are not capped by default
-    recs += [{"uid": f"coco{i}", "captions": ["stock photo of an abstract background"],
-              "sources": [{"dataset": "coco", "id": str(i)}]} for i in range(5)]
-    buckets: dict = {}
-    for r in recs:
-        for k, v in _band_items(r, cfg):
-            buckets.setdefault(k, []).append(v)
-    flagged = {f for item in buckets.items() for f in _cap_bucket(item, cfg)}
-    assert len({u for u, _ in flagged}) == 3 and ("other", 0) not in flagged
-
-
 # ------------------------------------------------------------------------------------------------ decontam
 def test_decontam_by_id_and_image():
     rec = {"uid": "coco:5", "url": None, "rows": {"coco": 1}, "phash": "00000000000000ff",

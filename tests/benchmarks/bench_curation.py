@@ -1,6 +1,6 @@
 """Benchmarks of `curate run`, measured side by side in one run; prints ratios.
 
-    python tests/benchmarks/bench_curation.py [--images 120] [--sizes 10000,100000] [--with-1m] [--skip-e2e]
+    python tests/benchmarks/bench_curation.py [--images 120] [--skip-e2e]
 
 1. End to end: samples/s/core of `curate run` against img2dataset alone, on the same generated CC3M/CC12M
    rows, the same local fault server and the same resize settings (256 px keep_ratio, JPEG q90).
@@ -9,8 +9,7 @@
    ``update()`` per shingle), same captions, same shingles.
 3. Dedup share: the pipeline run under cProfile (DirectRunner in-memory, one process): time inside
    `curation.dedup` over the total.
-4. Cost against size: the metadata-only stages (read TSV, group per URL, exact dedup, near-dup images on
-   pHashes) on 10k / 100k (/ 1M with --with-1m) synthetic rows.
+Cost against size (the metadata stages at 100k / 1M / 10M rows, with skew) is tests/benchmarks/bench_scale.py.
 Also prints dedup precision/recall on the planted near-duplicates.
 """
 
@@ -154,56 +153,9 @@ def bench_dedup_share(root: Path) -> None:
     print(f"dedup functions {dedup:.2f}s of {total:.2f}s total: {100 * dedup / total:.1f}% (goal < 5%)")
 
 
-def bench_scaling(sizes: list[int], root: Path) -> None:
-    import apache_beam as beam
-    from apache_beam.coders import BytesCoder
-    from apache_beam.io import ReadFromText
-
-    from curation.dedup.images import ExactDedup, NearDupImages
-    from curation.dedup.signature import WINDOWS, pack
-    from curation.pipeline import _assemble
-    from curation.sources.tsv import parse_tsv_line
-
-    print("\n== metadata-only stages vs size (read, group, exact + near dedup; in-memory runner) ==")
-    base = None
-    for n in sizes:
-        rng = random.Random(n)
-        tsv = root / f"rows_{n}.tsv"
-        with open(tsv, "w") as f:
-            for i in range(n):
-                j = i if rng.random() > 0.05 else rng.randrange(max(1, i))   # 5 % repeated URLs
-                f.write(f"caption number {j} of a picture\thttp://h{j % 97}.example/{j}.jpg\n")
-
-        def fake_fetch(r):
-            h = int(r["uid"][4:20], 16)
-            if h % 10 == 0:                       # 10 % near-duplicates of a neighbouring picture
-                h = (h // 1024) * 1024
-            # no image: a signature whose every window hash is the pHash (see curation.dedup.signature.pack)
-            sig = pack([h] * len(WINDOWS), [h.to_bytes(8, "big") * 4] * len(WINDOWS), [bytes(192)] * len(WINDOWS))
-            return {**r, "sha256": r["uid"][4:], "phash": f"{h:016x}", "original_width": 100,
-                    "original_height": 100, "dedup_signature": sig}
-
-        t0 = time.perf_counter()
-        with beam.Pipeline(argv=["--runner=DirectRunner", "--direct_running_mode=in_memory"]) as p:
-            frags = (p | ReadFromText(str(tsv), coder=BytesCoder())
-                     | beam.Map(lambda line: parse_tsv_line(line, kind="cc3m", source="cc3m")[0])
-                     | beam.Filter(lambda f: f is not None))
-            recs = (frags | beam.Map(lambda f: (f["key"], f)) | beam.GroupByKey()
-                    | beam.FlatMap(_assemble).with_outputs("dropped", main="r")).r
-            recs = recs | beam.Map(fake_fetch)
-            exact_kept, _exact_drops, _exact_ledger = recs | ExactDedup()
-            merged, _drops, _ledger = exact_kept | NearDupImages(rounds=4)
-            merged | beam.combiners.Count.Globally() | beam.Map(lambda c: None)
-        dt = time.perf_counter() - t0
-        base = base or dt / n
-        print(f"{n:>9} rows: {dt:7.1f}s  {n / dt:8.0f} rows/s  time per row vs smallest: {dt / n / base:.2f}x")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=120)
-    ap.add_argument("--sizes", default="10000,100000")
-    ap.add_argument("--with-1m", action="store_true")
     ap.add_argument("--skip-e2e", action="store_true")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench_curation_"))
@@ -212,8 +164,6 @@ def main() -> None:
         if not args.skip_e2e:
             bench_e2e(root / "e2e", args.images)
             bench_dedup_share(root / "share")
-        sizes = [int(s) for s in args.sizes.split(",") if s] + ([1_000_000] if args.with_1m else [])
-        bench_scaling(sizes, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -1,6 +1,6 @@
 """Image near-duplicate dedup: precision / recall on pictures and photographs, and its cost against size.
 
-    python tests/benchmarks/bench_dedup.py [--distinct 3000] [--planted 300] [--tile 160] [--sizes 100000,1000000]
+    python tests/benchmarks/bench_dedup.py [--distinct 3000] [--planted 300] [--tile 160]
 
 Every figure comes from the pieces `curate run` uses (`curation.dedup.signature`, `.index`, `.centres`), run
 in this process on the whole set at once; the Beam wiring of the same pieces is tested in
@@ -15,11 +15,8 @@ them (longest side 256 px, JPEG q90) before their signature is taken.
    ``pip download --no-deps scikit-image==0.26.0`` into ~/.cache/vlfusion/wheels), each with copies cropped
    by 0-5 % on each side, JPEG quality 30, downscaled to 50 %, brightness +-15 %, gamma 0.8 and 1.25.
    Pairwise precision and recall of the clusters (goal >= 0.95 each).
-4. Scale of the metadata stage (index, candidates, greedy centres) on generated 64-bit hashes with skew:
-   clusters of near-duplicates, one exact image behind 100k URLs (collapsed by the exact stage first, as
-   in the pipeline), and crowded hashes (a few popular coarse layouts, Zipf-distributed). Printed per size:
-   seconds, time per row against the smallest size, largest bucket, images in capped buckets, largest
-   group, recall of the planted pairs.
+The cost of the metadata stages against size (100k / 1M / 10M rows, with skew, through Beam and as key
+statistics) is tests/benchmarks/bench_scale.py.
 """
 
 from __future__ import annotations
@@ -274,76 +271,13 @@ def bench_photos(tile: int, t: Thresholds) -> None:
     print(f"distinct tiles called the same: {wrong} of {distinct_pairs} pairs")
 
 
-# ------------------------------------------------------------------------------------------- 4: scale
-def skewed_hashes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """[n', 11] window hashes of n rows after exact collapse, planted pairs [k, 2] (a copy and the row it
-    copies, 0-4 bits apart: within reach by construction), and the largest exact group."""
-    rng = np.random.default_rng(seed)
-    hot = min(100_000, n // 10)                        # one image behind 100k URLs: exact copies
-    rest = n - hot
-    # The exact stage folds the hot image into one record with a combiner (see ExactDedup): 1 row remains.
-    n_rows = rest + 1
-    popular = rng.integers(0, 2 ** 63, size=1000, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-    zipf = np.minimum(rng.zipf(1.3, size=n_rows), 1000) - 1
-    crowded = rng.random(n_rows) < 0.10                # 10 %: a popular coarse layout + 8-16 own bits
-    full = rng.integers(0, 2 ** 63, size=n_rows, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, n_rows, dtype=np.uint64)
-
-    def flips(k: np.ndarray) -> np.ndarray:
-        bits = np.zeros(len(k), dtype=np.uint64)
-        for j in range(int(k.max()) if len(k) else 0):
-            pos = rng.integers(0, 64, size=len(k)).astype(np.uint64)
-            bits ^= np.where(j < k, np.uint64(1) << pos, np.uint64(0))
-        return bits
-    full[crowded] = popular[zipf[crowded]] ^ flips(rng.integers(8, 17, size=int(crowded.sum())))
-    # near-duplicate clusters: 5 % of rows copy an earlier row with 0-4 bits changed
-    dup = np.flatnonzero(rng.random(n_rows) < 0.05)
-    dup = dup[dup > 0]
-    src = (rng.random(len(dup)) * dup).astype(np.int64)
-    for lo in range(0, len(dup), 1000):      # in order, so a copy of a copy copies the final hash
-        d, sr = dup[lo:lo + 1000], src[lo:lo + 1000]
-        full[d] = full[sr] ^ flips(rng.integers(0, 5, size=len(d)))
-    windows = np.stack([full ^ flips(rng.integers(2, 9, size=n_rows)) for _ in range(10)], axis=1)
-    return np.concatenate([full[:, None], windows], axis=1), np.stack([src, dup], axis=1), hot
-
-
-def bench_scale(sizes: list[int], t: Thresholds) -> None:
-    print(f"\n== 4. metadata near-dup stage vs size (index + candidates + greedy centres, max_bucket {MAX_BUCKET}) ==")
-    print(f"{'rows':>10} {'after exact':>12} {'seconds':>8} {'us/row':>8} {'vs first':>8} {'largest bucket':>15} "
-          f"{'capped entries':>15} {'largest exact':>14} {'largest group':>14} {'planted recall':>15}")
-    base = None
-    for n in sizes:
-        h, planted, hot = skewed_hashes(n, seed=n)
-        t0 = time.perf_counter()
-        cands, st = candidate_pairs(h, t.phash64)
-        full = h[:, 0]
-        # no pixels here, so no signature check: full/full within the threshold stands in for it
-        ca = np.array(sorted(cands), dtype=np.int64).reshape(-1, 2)
-        close = np.bitwise_count(full[ca[:, 0]] ^ full[ca[:, 1]]) <= t.phash64
-        edges = [tuple(e) for e in ca[close].tolist()]
-        nodes = [((i,), "") for i in range(len(full))]
-        adj_nodes = sorted({i for e in edges for i in e})
-        centre = greedy_centres([nodes[i] for i in adj_nodes], [(nodes[i], nodes[j]) for i, j in edges])
-        dt = time.perf_counter() - t0
-        sizes_of = np.unique([c[0][0] for c in centre.values()], return_counts=True)[1]
-        found = set(edges)
-        reach = [(int(a), int(b)) for a, b in planted if int(np.bitwise_count(full[a] ^ full[b])) <= t.phash64]
-        hit = sum((min(a, b), max(a, b)) in found for a, b in reach if a != b)
-        true_pairs = [p for p in reach if p[0] != p[1]]
-        per_row = dt / n
-        base = base or per_row
-        print(f"{n:>10,} {len(full):>12,} {dt:>8.1f} {1e6 * per_row:>8.1f} {per_row / base:>7.2f}x "
-              f"{st['largest_bucket']:>15,} {st['capped_entries']:>15,} {hot:>14,} "
-              f"{int(sizes_of.max()) if len(sizes_of) else 1:>14,} {hit / max(1, len(true_pairs)):>15.3f}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--distinct", type=int, default=3000)
     ap.add_argument("--planted", type=int, default=300)
     ap.add_argument("--tile", type=int, default=160)
-    ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--colour", type=float, default=None, help="colour threshold (default: dedup's)")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: distinct,planted,photos,scale")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: distinct,planted,photos")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     t = Thresholds() if args.colour is None else Thresholds(colour=args.colour)
@@ -355,8 +289,6 @@ def main() -> None:
         bench_planted(args.planted, t)
     if "photos" not in skip:
         bench_photos(args.tile, t)
-    if "scale" not in skip:
-        bench_scale([int(s) for s in args.sizes.split(",") if s], t)
 
 
 if __name__ == "__main__":

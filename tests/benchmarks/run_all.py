@@ -20,8 +20,9 @@ HERE = Path(__file__).resolve().parent
 
 def benchmarks(quick: bool) -> list[tuple[str, list[str]]]:
     return [
-        ("curation", ["bench_curation.py", "--images", "60" if quick else "200",
-                      "--sizes", "10000" if quick else "10000,100000"]),
+        ("curation", ["bench_curation.py", "--images", "60" if quick else "200"]),
+        ("scale", ["bench_scale.py", "--beam-sizes", "20000" if quick else "100000,1000000",
+                   "--key-sizes", "100000,1000000" if quick else "100000,1000000,10000000"]),
         ("loader", ["bench_loader.py", "--images", "128" if quick else "256", "--reps", "3"]),
         ("stats", ["bench_stats.py", "--shards", "4", "--per-shard", "100" if quick else "400"]),
     ]
