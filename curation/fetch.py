@@ -3,7 +3,8 @@
 `Fetcher.fetch(url) -> FetchResult` is a plain function of the URL (plus the server's answers): no Beam
 here, so it is tested directly against the local fault server. `ImagePreparer.prepare(data)` turns bytes
 (downloaded or read from a local folder) into the stored image plus what later stages need (sizes,
-sha256, pHash, grey-level spread), or a drop reason.
+sha256, pHash, grey-level spread, near-dup signature: all from one decode of the stored image), or a
+drop reason.
 
 Why our own HTTP loop rather than img2dataset's `download_image` (urllib): urllib follows redirects by
 itself and resolves DNS at connect time, so neither the redirect target nor the address actually used can
@@ -30,11 +31,11 @@ import warnings
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-import numpy as np
+import PIL.features
 from PIL import Image
 
 from curation.config import DownloadConfig, ResizeConfig
-from curation.dedup.phash import grey_thumbnail, phash_from_grey
+from curation.dedup.signature import image_hashes
 from curation.netguard import BlockedAddress, NetGuard
 
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
@@ -262,16 +263,29 @@ class PreparedImage:
     original_height: int
     original_bytes: int
     sha256: str
-    phash: str
-    pixel_std: float
+    phash: str                  # 64-bit pHash of the stored image (the signature's full picture), 16 hex digits
+    pixel_std: float            # grey-level spread of its 32 px thumbnail
+    dedup_signature: bytes      # `curation.dedup.signature.image_signature` of the stored image
 
 
 class ImagePreparer:
-    """Header checks, then img2dataset's Resizer, then the hashes of the stored image."""
+    """Header checks, then img2dataset's Resizer, then the hashes of the stored image.
+
+    Per image: img2dataset's Resizer decodes the download, resizes and encodes it (cv2); then the stored
+    image is decoded once more, squashed to 128 px, and everything later stages need of its pixels comes
+    from that one array (`curation.dedup.signature.image_hashes`: the near-dup signature, the 64-bit pHash
+    that decontamination and the dedup examples use, the grey spread the image filter uses). Nothing later
+    decodes the image again. The Resizer does not hand out its resized pixels, and hashing those rather
+    than the stored JPEG would describe a picture nobody stores. Memory: one decoded download at a time
+    per thread (bounded by ``download.max_pixels``) plus ~0.5 MB of work arrays.
+    """
 
     def __init__(self, resize: ResizeConfig, max_pixels: int):
         Resizer = img2dataset_module("resizer").Resizer
 
+        if resize.encode_format == "webp" and not PIL.features.check("webp"):
+            # The hashes are taken from the stored image, which this Pillow could not read back.
+            raise ValueError("resize.encode_format: 'webp' needs a Pillow built with WebP, which this one is not")
         self.max_pixels = max_pixels
         self.ext = resize.encode_format
         self.resizer = Resizer(image_size=resize.image_size, resize_mode=resize.resize_mode,
@@ -299,8 +313,11 @@ class ImagePreparer:
         out, width, height, ow, oh, err = self.resizer(io.BytesIO(data))
         if err is not None or out is None:
             return "decode_error", str(err)[:200]
-        grey = grey_thumbnail(out)
+        try:
+            hashes = image_hashes(out)
+        except Exception as err:  # PIL refusing what cv2 wrote: counted under a name, never a crash
+            return "decode_error", f"stored image: {type(err).__name__}: {str(err)[:160]}"
         return PreparedImage(image=out, ext=self.ext, width=int(width), height=int(height),
                              original_width=int(ow), original_height=int(oh), original_bytes=len(data),
-                             sha256=hashlib.sha256(out).hexdigest(), phash=phash_from_grey(grey),
-                             pixel_std=round(float(np.std(grey)), 3))
+                             sha256=hashlib.sha256(out).hexdigest(), phash=hashes.phash,
+                             pixel_std=hashes.pixel_std, dedup_signature=hashes.signature)
