@@ -111,14 +111,20 @@ class DownloadConfig:
 
 @dataclass(kw_only=True)
 class ResizeConfig:
-    """img2dataset's Resizer settings (same names as img2dataset's options)."""
+    """img2dataset's Resizer settings (same names as img2dataset's options).
+
+    ``engine``: "vlfusion" (`curation.resize`: img2dataset's geometry, JPEGs decoded at reduced scale when
+    the target allows, thread-safe so images are prepared on the fetch threads) or "img2dataset" (its own
+    Resizer, byte for byte; one image at a time per worker)."""
     image_size: int = 256
     resize_mode: str = "keep_ratio"
     resize_only_if_bigger: bool = True
     encode_format: str = "jpg"
     encode_quality: int = 90
+    engine: str = "vlfusion"
 
     def __post_init__(self) -> None:
+        check_choice("resize.engine", self.engine, ("vlfusion", "img2dataset"))
         check_range("resize.image_size", self.image_size, 8, 8192)
         check_choice("resize.resize_mode", self.resize_mode, RESIZE_MODES)
         check_choice("resize.encode_format", self.encode_format, ENCODE_FORMATS)

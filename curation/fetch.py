@@ -269,9 +269,10 @@ class PreparedImage:
 
 
 class ImagePreparer:
-    """Header checks, then img2dataset's Resizer, then the hashes of the stored image.
+    """Header checks, then the resize (`curation.resize`, or img2dataset's Resizer with
+    ``resize.engine = "img2dataset"``), then the hashes of the stored image.
 
-    Per image: img2dataset's Resizer decodes the download, resizes and encodes it (cv2); then the stored
+    Per image: the resizer decodes the download, resizes and encodes it (cv2); then the stored
     image is decoded once more, squashed to 128 px, and everything later stages need of its pixels comes
     from that one array (`curation.dedup.signature.image_hashes`: the near-dup signature, the 64-bit pHash
     that decontamination and the dedup examples use, the grey spread the image filter uses). Nothing later
@@ -281,16 +282,22 @@ class ImagePreparer:
     """
 
     def __init__(self, resize: ResizeConfig, max_pixels: int):
-        Resizer = img2dataset_module("resizer").Resizer
-
         if resize.encode_format == "webp" and not PIL.features.check("webp"):
             # The hashes are taken from the stored image, which this Pillow could not read back.
             raise ValueError("resize.encode_format: 'webp' needs a Pillow built with WebP, which this one is not")
         self.max_pixels = max_pixels
         self.ext = resize.encode_format
-        self.resizer = Resizer(image_size=resize.image_size, resize_mode=resize.resize_mode,
-                               resize_only_if_bigger=resize.resize_only_if_bigger,
-                               encode_format=resize.encode_format, encode_quality=resize.encode_quality)
+        settings = dict(image_size=resize.image_size, resize_mode=resize.resize_mode,
+                        resize_only_if_bigger=resize.resize_only_if_bigger,
+                        encode_format=resize.encode_format, encode_quality=resize.encode_quality)
+        if resize.engine == "img2dataset":
+            # It redirects the process's stdout/stderr around every image: one image at a time per process.
+            self.resizer = img2dataset_module("resizer").Resizer(**settings)
+            self.thread_safe = False
+        else:
+            from curation.resize import Resizer
+            self.resizer = Resizer(**settings)
+            self.thread_safe = True
 
     def prepare(self, data: bytes) -> PreparedImage | tuple[str, str]:
         """-> PreparedImage, or (reason, detail)."""
@@ -310,7 +317,10 @@ class ImagePreparer:
         if header.format == "JPEG" and data.rstrip(b"\0").rfind(b"\xff\xd9") < len(data.rstrip(b"\0")) - 2:
             # A JPEG must end with its EOI marker; libjpeg would fill a cut file with grey and carry on.
             return "truncated_image", "no JPEG end-of-image marker"
-        out, width, height, ow, oh, err = self.resizer(io.BytesIO(data))
+        if self.thread_safe:
+            out, width, height, ow, oh, err = self.resizer(data, (header.format, header.mode, w, h))
+        else:
+            out, width, height, ow, oh, err = self.resizer(io.BytesIO(data))
         if err is not None or out is None:
             return "decode_error", str(err)[:200]
         try:

@@ -161,11 +161,7 @@ _PREPARED_FIELDS = ("ext", "width", "height", "original_width", "original_height
 
 
 def prepared_fields(prepared) -> dict:
-    fields = {k: getattr(prepared, k, None) for k in _PREPARED_FIELDS}
-    if fields["dedup_signature"] is None:
-        from curation.dedup.signature import image_signature
-        fields["dedup_signature"] = image_signature(prepared.image)
-    return fields
+    return {k: getattr(prepared, k) for k in _PREPARED_FIELDS}
 
 
 class FetchUnit(beam.DoFn):
@@ -176,9 +172,10 @@ class FetchUnit(beam.DoFn):
     (`curation.fetch_cache`) and stay there: what leaves this stage is metadata (sizes, hashes, the 2.5 kB
     near-duplicate signature, an image_ref), and the shard writer reads each kept image once.
 
-    Downloads run in ``download.threads`` threads (I/O bound); decoding and resizing run in this thread,
-    one image at a time (CPU bound, and img2dataset's Resizer redirects the process's stdout/stderr while
-    it works, which is not safe from several threads).
+    Downloads run in ``download.threads`` threads, and so do decoding, resizing and hashing with the
+    default resizer (`curation.resize`: OpenCV and numpy release the GIL, so one worker process keeps
+    every core busy). With ``resize.engine = "img2dataset"`` those run in this thread, one image at a
+    time, since img2dataset's Resizer redirects the process's stdout/stderr while it works.
 
     A unit's downloads are queued as soon as it arrives, and it is finished (prepared, cached, emitted)
     only when the next unit of the bundle has arrived, or at the end of the bundle: a unit waits for its
@@ -200,6 +197,15 @@ class FetchUnit(beam.DoFn):
     def teardown(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
 
+    def _fetch_prepare(self, record: dict):
+        """-> (data, reason, detail, prepared): prepared here, and the download let go at once, when the
+        resizer is thread-safe (a unit's raw downloads, up to ``download.max_bytes`` each, are never held
+        together); else the data, prepared later on the DoFn's thread."""
+        data, reason, detail = self._bytes(record)
+        if data is not None and self.preparer.thread_safe:
+            return None, reason, detail, self.preparer.prepare(data)
+        return data, reason, detail, None
+
     def _bytes(self, record: dict):
         local = record.get("local")
         if local:
@@ -220,7 +226,7 @@ class FetchUnit(beam.DoFn):
         records = sorted(records, key=lambda r: r["uid"])
         cached = fetch_cache.load(self.cache_dir, unit)
         todo = [r for r in records if fetch_cache.cache_key(r) not in cached]
-        futures = [self.pool.submit(self._bytes, r) for r in todo]
+        futures = [self.pool.submit(self._fetch_prepare, r) for r in todo]
         self._pending.append((unit, records, cached, todo, futures, window, timestamp))
         while len(self._pending) > 1:
             yield from self._finish(*self._pending.popleft())
@@ -237,10 +243,11 @@ class FetchUnit(beam.DoFn):
         if todo:
             images = {}
             for r, fut in zip(todo, futures):
-                data, reason, detail = fut.result()
+                data, reason, detail, prepared = fut.result()
                 entry = {"cache_key": fetch_cache.cache_key(r), "uid": r["uid"], "url": r.get("url")}
-                if data is not None:
+                if prepared is None and data is not None:
                     prepared = self.preparer.prepare(data)
+                if prepared is not None:
                     if isinstance(prepared, tuple):
                         reason, detail = prepared
                     else:
