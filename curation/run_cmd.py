@@ -1,7 +1,7 @@
 """`curate run --config FILE [--set key=value ...] [-- <Beam pipeline options>]`.
 
-The driver: loads the configuration, runs the Beam pipeline (DirectRunner in multi-processing mode on every
-core unless ``--runner`` is given after ``--``), prints live progress while it runs, then turns the ledger
+The driver: loads the configuration, runs the Beam pipeline (the DirectRunner in one process unless
+``--runner`` is given after ``--``; see `DEFAULT_RUNNER_ARGS`), prints live progress while it runs, then turns the ledger
 into ``funnel.json``, writes the manifests (last), and prints the funnel table. The corpus report's numbers
 come from the job (its shard writers compute per-shard partials, `curation.report.in_job` merges them); the
 driver only adds the funnel and renders the page, never reading a shard.
@@ -38,7 +38,11 @@ from curation.eval_images import MissingEvalImage
 from curation.funnel import build_funnel, read_progress, summary_table
 from shards import fsutil
 
-DEFAULT_RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=0",
+# In one process: the heavy work (download, decode, resize, hashing) already runs on every core in the fetch
+# threads (OpenCV and numpy release the GIL), and the multi-processing mode would add a gRPC hop and a
+# pickle per record per stage, about twice the CPU for the same corpus (tests/benchmarks/bench_curation.py
+# prints both). Past a few million rows use a runner that spills: Prism, Flink, Spark, Dask, Dataflow.
+DEFAULT_RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory",
                        "--default_sdk_harness_log_level=WARNING"]
 
 

@@ -1,10 +1,12 @@
 """Benchmarks of `curate run`, measured side by side in one run; prints ratios.
 
-    python tests/benchmarks/bench_curation.py [--images 120] [--skip-e2e]
+    python tests/benchmarks/bench_curation.py [--images 3000] [--max-side 640] [--skip-e2e]
 
-1. End to end: samples/s/core of `curate run` against img2dataset alone, on the same generated CC3M/CC12M
-   rows, the same local fault server and the same resize settings (256 px keep_ratio, JPEG q90).
-   CPU seconds = user+sys of this process and its children (Beam workers, img2dataset processes).
+1. End to end: wall and CPU of whole-process `curate run` (every stage on; report off and on; our resizer
+   and img2dataset's; the default runner and the multi-processing one) against img2dataset alone, on the
+   same generated CC3M/CC12M rows, the same local fault server and the same resize settings (256 px
+   keep_ratio, JPEG q90), both on every core. CPU seconds = user+sys of this process and its children
+   (Beam workers, img2dataset processes; the local server's threads count for both sides alike).
 2. Caption MinHash: our vectorised signatures against the naive datasketch use (a ``MinHash()`` and one
    ``update()`` per shingle), same captions, same shingles.
 3. Dedup share: the pipeline run under cProfile (DirectRunner in-memory, one process): time inside
@@ -45,29 +47,42 @@ def cpu() -> float:
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
-def _cc_config(info, out: Path) -> Path:
+def _cc_config(info, out: Path, *, report: bool = False, engine: str = "vlfusion") -> Path:
     cfg = info.curate_config(str(out))
     cfg["sources"] = cfg["sources"][:2]             # CC3M + CC12M: the rows img2dataset can read too
     cfg["eval_sets"] = []
     # Same concurrency as img2dataset (16 threads, no per-host cap): every URL here is on one host.
     cfg["download"].update(timeout=5.0, retries=0, unit_rows=500, threads=16, per_host_connections=16)
-    cfg["resize"] = RESIZE
+    cfg["resize"] = {**RESIZE, "engine": engine}
     cfg["progress_seconds"] = 0
-    cfg["report"] = False      # img2dataset writes no report; compare the same work
+    cfg["report"] = report
     path = out.parent / f"{out.name}.toml"
     path.write_text(tomli_w.dumps(cfg))
     return path
 
 
-def bench_e2e(root: Path, n_images: int) -> None:
+# (label, report on, resize engine, Beam options after `--`; [] = curate run's default)
+VARIANTS = [
+    ("curate run (defaults, report off)", False, "vlfusion", []),
+    ("curate run (defaults, report on)", True, "vlfusion", []),
+    ("curate run (img2dataset's Resizer, report off)", False, "img2dataset", []),
+    ("curate run (multi_processing runner, report off)", False, "vlfusion",
+     ["--", "--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=0"]),
+]
+
+
+def bench_e2e(root: Path, n_images: int, max_side: int = 640, variants: list | None = None) -> None:
+    """img2dataset alone, then each `curate run` variant, on the same rows, served by the same local fault
+    server (slow, failing and malformed URLs included), same resize; every stage of `curate run` on."""
     from img2dataset import download
+
+    from curation.synthetic.sources import build_sources
 
     cores = os.cpu_count() or 1
     with FaultServer(root / "web", slow_seconds=1.0) as server:
-        info = make_sources(root, base_url=server.base_url, scale=n_images)
-        rows = [line.split(b"\t") for line in Path(info.cc3m_tsv).read_bytes().splitlines()]
+        info = build_sources(root, base_url=server.base_url, n_images=n_images, max_side=max_side)
         urls = []
-        for parts in rows:
+        for parts in (line.split(b"\t") for line in Path(info.cc3m_tsv).read_bytes().splitlines()):
             if len(parts) == 2:
                 urls.append((parts[1].decode("utf-8", "replace"), parts[0].decode("utf-8", "replace")))
         for parts in (line.split(b"\t") for line in Path(info.cc12m_tsv).read_bytes().splitlines()):
@@ -86,23 +101,25 @@ def bench_e2e(root: Path, n_images: int) -> None:
         i2d_wall, i2d_cpu = time.perf_counter() - t0, cpu() - c0
         i2d_ok = sum(json.loads(p.read_text())["successes"] for p in (root / "i2d").glob("*_stats.json"))
 
-        cfg = _cc_config(info, root / "cur")
-        c0, t0 = cpu(), time.perf_counter()
-        assert run_cmd.main(["--config", str(cfg)]) == 0
-        cur_wall, cur_cpu = time.perf_counter() - t0, cpu() - c0
-        funnel = json.loads((root / "cur" / "funnel.json").read_text())
-        precision, recall, n_pairs = dedup_precision_recall(root / "cur", info, datasets=("cc3m", "cc12m"))
+        results = []
+        for i, (label, report, engine, beam_args) in enumerate(variants or VARIANTS):
+            out = root / f"cur{i}"
+            cfg = _cc_config(info, out, report=report, engine=engine)
+            c0, t0 = cpu(), time.perf_counter()
+            assert run_cmd.main(["--config", str(cfg), *beam_args]) == 0
+            wall, used = time.perf_counter() - t0, cpu() - c0
+            funnel = json.loads((out / "funnel.json").read_text())
+            precision, recall, n_pairs = dedup_precision_recall(out, info, datasets=("cc3m", "cc12m"))
+            results.append((label, wall, used, funnel["samples_written"], precision, recall, n_pairs))
 
-    print(f"\n== end to end: {n_rows} CC rows, {cores} cores, same server, same resize ==")
-    print(f"img2dataset : {i2d_wall:6.1f}s wall {i2d_cpu:6.1f}s cpu  {i2d_ok} images  "
-          f"{n_rows / i2d_wall / cores:7.2f} rows/s/core")
-    print(f"curate run  : {cur_wall:6.1f}s wall {cur_cpu:6.1f}s cpu  {funnel['samples_written']} samples "
-          f"(after filter+dedup)  {n_rows / cur_wall / cores:7.2f} rows/s/core")
-    print(f"ratio curate/img2dataset rows/s: {i2d_wall / cur_wall:.2f}x   CPU per row ratio: "
-          f"{cur_cpu / max(i2d_cpu, 1e-9):.2f}x")
-    print(f"curate CPU per input row: {cur_cpu / n_rows * 1000:.1f} ms")
-    print(f"dedup on the planted near-duplicates: precision {precision:.3f} recall {recall:.3f} "
-          f"({n_pairs} true pairs; goal >= 0.95 each)")
+    print(f"\n== end to end: N = {n_rows} CC3M/CC12M rows ({n_images} distinct pictures, sides <= {max_side} px), "
+          f"{cores} cores, same local server, same resize (256 px keep_ratio, JPEG q90), 16 threads ==")
+    print(f"{'img2dataset':52s}: {i2d_wall:6.1f}s wall {i2d_cpu:6.1f}s cpu  {i2d_ok} images written")
+    for label, wall, used, written, precision, recall, n_pairs in results:
+        print(f"{label:52s}: {wall:6.1f}s wall {used:6.1f}s cpu  {written} samples after filters and dedup;  "
+              f"vs img2dataset: wall {wall / i2d_wall:.2f}x  CPU {used / max(i2d_cpu, 1e-9):.2f}x  "
+              f"(N={n_rows}; goal <= 0.83x each);  {used / n_rows * 1000:.1f} ms CPU/row;  "
+              f"near-dup P/R {precision:.3f}/{recall:.3f} on {n_pairs} planted pairs")
 
 
 def bench_minhash(n: int = 20000) -> None:
@@ -155,14 +172,15 @@ def bench_dedup_share(root: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=120)
+    ap.add_argument("--images", type=int, default=3000, help="distinct pictures (rows are about that many)")
+    ap.add_argument("--max-side", type=int, default=640, help="longest side of the generated pictures")
     ap.add_argument("--skip-e2e", action="store_true")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench_curation_"))
     try:
         bench_minhash()
         if not args.skip_e2e:
-            bench_e2e(root / "e2e", args.images)
+            bench_e2e(root / "e2e", args.images, args.max_side)
             bench_dedup_share(root / "share")
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 
 def benchmarks(quick: bool) -> list[tuple[str, list[str]]]:
     return [
-        ("curation", ["bench_curation.py", "--images", "60" if quick else "200"]),
+        ("curation", ["bench_curation.py", "--images", "60" if quick else "3000"]),
         ("scale", ["bench_scale.py", "--beam-sizes", "20000" if quick else "100000,1000000",
                    "--key-sizes", "100000,1000000" if quick else "100000,1000000,10000000"]),
         ("loader", ["bench_loader.py", "--images", "128" if quick else "256", "--reps", "3"]),
