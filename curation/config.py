@@ -86,6 +86,7 @@ class DownloadConfig:
     disallowed_header_directives: list[str] = field(default_factory=lambda: ["noai", "noimageai"])
     allowed_networks: list[str] = field(default_factory=list)   # CIDRs of private/loopback ranges allowed
     unit_rows: int = 2000                  # records per fetch unit: the unit of work, of caching and of resume
+    prepare_threads: int = 0               # images decoded/resized/hashed at once per worker; 0: one per core
 
     def __post_init__(self) -> None:
         check_range("download.timeout", self.timeout, 0.01)
@@ -99,6 +100,7 @@ class DownloadConfig:
         check_range("download.max_bytes", self.max_bytes, 1)
         check_range("download.max_pixels", self.max_pixels, 1)
         check_range("download.unit_rows", self.unit_rows, 1)
+        check_range("download.prepare_threads", self.prepare_threads, 0, 1024)
         if not self.user_agent_token or any(c.isspace() or c in ";()" for c in self.user_agent_token):
             fail("download.user_agent_token", f"must be a non-empty token without spaces, ';' or parentheses, "
                                                f"got {self.user_agent_token!r}")

@@ -173,9 +173,10 @@ class FetchUnit(beam.DoFn):
     near-duplicate signature, an image_ref), and the shard writer reads each kept image once.
 
     Downloads run in ``download.threads`` threads, and so do decoding, resizing and hashing with the
-    default resizer (`curation.resize`: OpenCV and numpy release the GIL, so one worker process keeps
-    every core busy). With ``resize.engine = "img2dataset"`` those run in this thread, one image at a
-    time, since img2dataset's Resizer redirects the process's stdout/stderr while it works.
+    default resizer (`curation.resize`: OpenCV releases the GIL while it decodes, resizes and encodes), at
+    most ``download.prepare_threads`` images at once (default: one per core; more CPU-bound threads than
+    cores only fight over the GIL). With ``resize.engine = "img2dataset"`` those run in this thread, one
+    image at a time, since img2dataset's Resizer redirects the process's stdout/stderr while it works.
 
     A unit's downloads are queued as soon as it arrives, and it is finished (prepared, cached, emitted)
     only when the next unit of the bundle has arrived, or at the end of the bundle: a unit waits for its
@@ -189,7 +190,11 @@ class FetchUnit(beam.DoFn):
         self.cache_dir, self.progress_dir = cache_dir, progress_dir
 
     def setup(self):
+        import os
+        import threading
+
         from curation.fetch import Fetcher, ImagePreparer
+        self.preparing = threading.BoundedSemaphore(self.download.prepare_threads or os.cpu_count() or 1)
         self.fetcher = Fetcher(self.download)
         self.preparer = ImagePreparer(self.resize, self.download.max_pixels)
         self.pool = concurrent.futures.ThreadPoolExecutor(self.download.threads)
@@ -203,7 +208,8 @@ class FetchUnit(beam.DoFn):
         together); else the data, prepared later on the DoFn's thread."""
         data, reason, detail = self._bytes(record)
         if data is not None and self.preparer.thread_safe:
-            return None, reason, detail, self.preparer.prepare(data)
+            with self.preparing:
+                return None, reason, detail, self.preparer.prepare(data)
         return data, reason, detail, None
 
     def _bytes(self, record: dict):

@@ -64,7 +64,7 @@ def beam_options(beam_args: list[str]) -> list[str]:
 def _fetch_settings(cfg: RunConfig) -> dict:
     d = cfg.to_dict()
     dl = dict(d["download"])
-    for k in ("threads", "per_host_connections", "unit_rows", "backoff_base", "backoff_max"):
+    for k in ("threads", "per_host_connections", "unit_rows", "prepare_threads", "backoff_base", "backoff_max"):
         dl.pop(k)   # do not change what is fetched; the split into units is in each unit's file name
     return {"resize": d["resize"], "download": dl}
 
