@@ -86,7 +86,7 @@ class DownloadConfig:
     disallowed_header_directives: list[str] = field(default_factory=lambda: ["noai", "noimageai"])
     allowed_networks: list[str] = field(default_factory=list)   # CIDRs of private/loopback ranges allowed
     unit_rows: int = 2000                  # records per fetch unit: the unit of work, of caching and of resume
-    prepare_threads: int = 0               # images decoded/resized/hashed at once per worker; 0: one per core
+    prepare_threads: int = 1               # images decoded/resized/hashed at once per worker process; 0: one per core
 
     def __post_init__(self) -> None:
         check_range("download.timeout", self.timeout, 0.01)

@@ -65,7 +65,7 @@ def _cc_config(info, out: Path, *, report: bool = False, engine: str = "vlfusion
 VARIANTS = [
     ("curate run (defaults, report off)", False, "vlfusion", []),
     ("curate run (defaults, report on)", True, "vlfusion", []),
-    ("curate run (one image prepared at a time)", False, "vlfusion", ["--set", "download.prepare_threads=1"]),
+    ("curate run (one image prepared per core at a time)", False, "vlfusion", ["--set", "download.prepare_threads=0"]),
     ("curate run (img2dataset's Resizer, report off)", False, "img2dataset", []),
     ("curate run (multi_processing runner, report off)", False, "vlfusion",
      ["--", "--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=0"]),
