@@ -39,6 +39,15 @@ from .shard_stats import BIG_COUNTERS, STOPWORDS, StatsConfig
 from .sketches import KeySummary
 
 
+def _merged(accs):
+    """Fold accumulators that merge in place (`SmallStats`, `KeySummary`) into the first."""
+    accs = iter(accs)
+    out = next(accs)
+    for a in accs:
+        out.merge(a)
+    return out
+
+
 class SmallStatsFn(beam.CombineFn):
     """Partials (without their big counters) -> one `merge.SmallStats`."""
 
@@ -53,11 +62,7 @@ class SmallStatsFn(beam.CombineFn):
         return acc
 
     def merge_accumulators(self, accs) -> SmallStats:
-        accs = iter(accs)
-        out = next(accs)
-        for a in accs:
-            out.merge(a)
-        return out
+        return _merged(accs)
 
     def extract_output(self, acc: SmallStats) -> SmallStats:
         return acc
@@ -80,11 +85,7 @@ class KeySummaryFn(beam.CombineFn):
         return acc
 
     def merge_accumulators(self, accs) -> KeySummary:
-        accs = iter(accs)
-        out = next(accs)
-        for a in accs:
-            out.merge(a)
-        return out
+        return _merged(accs)
 
     def extract_output(self, acc: KeySummary) -> dict[str, Any]:
         return acc.result()
