@@ -65,7 +65,7 @@ images = "$S/val2014"
 [download]
 allowed_networks = ["127.0.0.1/32"]   # the demo's own server; everything private stays refused
 timeout = 2.0
-num_partitions = 8
+unit_rows = 500                      # a few fetch units even for this small world
 
 [resize]
 image_size = 64
