@@ -9,7 +9,7 @@ operations, but (each checked on a 10-element pipeline against a ``dask schedule
    consumer of any of its outputs reads all of them: the main output receives the drop events and the drop
    writer receives the records. `curate run` routes every drop through a tagged output.
 3. **Outputs of ``finish_bundle`` are dropped**: the bundle's results are collected before ``finish_bundle``
-   runs. `FetchPartition` emits the partitions still in flight there.
+   runs. `FetchUnit` emits the fetch units still in flight there.
 4. **Side inputs are recomputed in every task**: a side input is an opaque object to dask, iterated (so the
    whole upstream graph computed again) inside each partition of the main input.
 5. **No parallelism after a small ``Create``**: ``Create`` puts up to 128 elements in one partition,
