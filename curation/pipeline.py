@@ -18,6 +18,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import json
+import os
+import threading
 import typing
 
 import apache_beam as beam
@@ -160,8 +162,9 @@ _PREPARED_FIELDS = ("ext", "width", "height", "original_width", "original_height
                     "sha256", "phash", "pixel_std", "dedup_signature")
 
 
-def prepared_fields(prepared) -> dict:
-    return {k: getattr(prepared, k) for k in _PREPARED_FIELDS}
+def prepared_fields(prepared, *, signature: bool = True) -> dict:
+    """A prepared image's metadata for its record; the near-dup signature only where dedup will use it."""
+    return {k: getattr(prepared, k) for k in _PREPARED_FIELDS if signature or k != "dedup_signature"}
 
 
 class FetchUnit(beam.DoFn):
@@ -175,14 +178,16 @@ class FetchUnit(beam.DoFn):
     Downloads run in ``download.threads`` threads, and so do decoding, resizing and hashing with the
     default resizer (`curation.resize`: nothing process-wide is touched), at most
     ``download.prepare_threads`` images at once (default 1: measured on 2 cores, two at once cost 11 %
-    more CPU and 12 % more wall than one, as the hashing holds the GIL; scale out with processes). With ``resize.engine = "img2dataset"`` those run in this thread, one
-    image at a time, since img2dataset's Resizer redirects the process's stdout/stderr while it works.
+    more CPU and 12 % more wall than one, as the hashing holds the GIL; scale out with processes). With
+    ``resize.engine = "img2dataset"`` those run in this thread, one image at a time, since img2dataset's
+    Resizer redirects the process's stdout/stderr while it works.
 
     A unit's downloads are queued as soon as it arrives, and it is finished (prepared, cached, emitted)
     only when the next unit of the bundle has arrived, or at the end of the bundle: a unit waits for its
     slowest URL (a timeout, a server that is slow to accept), and meanwhile the threads that are done with
-    it already download the next one instead of idling. Memory: at most two units' records, and the
-    prepared images of the unit being finished (``unit_rows`` x ~30 kB), never more.
+    it already download the next one instead of idling. Memory: at most two units' records and their
+    prepared images (2 x ``unit_rows`` x ~30 kB; raw downloads are let go as soon as they are prepared),
+    never more.
     """
 
     def __init__(self, cfg: RunConfig, cache_dir: str, progress_dir: str | None):
@@ -190,9 +195,6 @@ class FetchUnit(beam.DoFn):
         self.cache_dir, self.progress_dir = cache_dir, progress_dir
 
     def setup(self):
-        import os
-        import threading
-
         from curation.fetch import Fetcher, ImagePreparer
         self.preparing = threading.BoundedSemaphore(self.download.prepare_threads or os.cpu_count() or 1)
         self.fetcher = Fetcher(self.download)
@@ -287,8 +289,7 @@ class PrepareEval(beam.DoFn):
             yield beam.pvalue.TaggedOutput("eval_ledger", (f"eval|{rec['eval_set']}|{prepared[0]}", 1))
             return
         yield beam.pvalue.TaggedOutput("eval_ledger", (f"eval|{rec['eval_set']}|written", 1))
-        fields = {k: getattr(prepared, k) for k in _PREPARED_FIELDS if k != "dedup_signature"}
-        yield {**rec, **fields, "image": prepared.image, "rows": {}}
+        yield {**rec, **prepared_fields(prepared, signature=False), "image": prepared.image, "rows": {}}
 
 
 # ---------------------------------------------------------------------------------------------- assembly

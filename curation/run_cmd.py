@@ -38,10 +38,9 @@ from curation.eval_images import MissingEvalImage
 from curation.funnel import build_funnel, read_progress, summary_table
 from shards import fsutil
 
-# In one process: the heavy work (download, decode, resize, hashing) already runs on every core in the fetch
-# threads (OpenCV and numpy release the GIL), and the multi-processing mode would add a gRPC hop and a
-# pickle per record per stage, about twice the CPU for the same corpus (tests/benchmarks/bench_curation.py
-# prints both). Past a few million rows use a runner that spills: Prism, Flink, Spark, Dask, Dataflow.
+# In one process: downloads overlap on the fetch threads, and the multi-processing mode would add a gRPC hop
+# and a pickle per record per stage, 2.7x the CPU and 2x the wall for the same corpus on 2 cores
+# (tests/benchmarks/bench_curation.py prints both). Past a few million rows use a runner that spills: Prism, Flink, Spark, Dask, Dataflow.
 DEFAULT_RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory",
                        "--default_sdk_harness_log_level=WARNING"]
 

@@ -148,6 +148,6 @@ class WriteShards(beam.PTransform):
                    | "GroupByBucket" >> beam.GroupByKey()
                    | "Positions" >> beam.FlatMap(_positions, beam.pvalue.AsSingleton(starts), per)
                    | "GroupByShard" >> beam.GroupByKey()
-                   | "WriteShard" >> beam.ParDo(WriteShardFn(self.dirs, self.cache_dir, self.stats)).with_outputs(PARTIALS,
-                                                                                               main="infos"))
+                   | "WriteShard" >> beam.ParDo(WriteShardFn(self.dirs, self.cache_dir, self.stats))
+                   .with_outputs(PARTIALS, main="infos"))
         return written.infos, written[PARTIALS]
