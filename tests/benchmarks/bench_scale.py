@@ -500,10 +500,10 @@ def main() -> None:
     if out["keys"]:
         print_keys(out["keys"], max_bucket)
         bound = max(s["entries_per_record"] for s in out["keys"]) * (max_bucket - 1)
-    print(f"  popcounts/row are bounded by construction at entries/record x (max_bucket - 1) = {bound:,.0f} "
-          "(buckets over max_bucket are compared in runs): "
-          + ", ".join(f"N={s['n']:,} at {100 * s['popcounts_per_row'] / bound:.0f} %" for s in out["keys"]))
-    print("  held for it (B): pickled bytes of the real combiner accumulator (MergeSamples for the exact "
+        print(f"  popcounts/row are bounded by construction at entries/record x (max_bucket - 1) = {bound:,.0f} "
+              "(buckets over max_bucket are compared in runs): "
+              + ", ".join(f"N={s['n']:,} at {100 * s['popcounts_per_row'] / bound:.0f} %" for s in out["keys"]))
+        print("  held for it (B): pickled bytes of the real combiner accumulator (MergeSamples for the exact "
               "group, TextUsers for the caption) after folding that many uses; caption state folded over "
               "min(uses, 200k)")
     for n in [int(s) for s in args.beam_sizes.split(",") if s]:
