@@ -6,7 +6,7 @@
    and img2dataset's; the default runner and the multi-processing one) against img2dataset alone, on the
    same generated CC3M/CC12M rows, the same local fault server and the same resize settings (256 px
    keep_ratio, JPEG q90), both on every core. CPU seconds = user+sys of this process and its children
-   (Beam workers, img2dataset processes; the local server's threads count for both sides alike).
+   (Beam workers, img2dataset processes). The local server runs in a process of its own and counts for neither.
 2. Caption MinHash: our vectorised signatures against the naive datasketch use (a ``MinHash()`` and one
    ``update()`` per shingle), same captions, same shingles.
 3. Dedup share: the pipeline run under cProfile (DirectRunner in-memory, one process): time inside
@@ -18,6 +18,7 @@ Also prints dedup precision/recall on the planted near-duplicates.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import os
@@ -45,6 +46,35 @@ RESIZE = {"image_size": 256, "resize_mode": "keep_ratio", "resize_only_if_bigger
 def cpu() -> float:
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def _serve(docroot: str, slow_seconds: float, conn) -> None:
+    from curation.synthetic.server import bomb_png
+    bomb_png()              # built before serving, as FaultServer.start does
+    server = FaultServer(docroot, slow_seconds=slow_seconds)
+    conn.send(server.base_url)
+    server.serve_forever()
+
+
+@contextlib.contextmanager
+def server_process(docroot: Path, slow_seconds: float = 1.0):
+    """A `FaultServer` in a process of its own -> its base URL. A web server is never inside the
+    downloader's process: in-process, its request handling would share the GIL with an in-process Beam
+    runner (and not with img2dataset's worker processes), and its CPU would count for whichever side is
+    running. Its CPU counts for neither here: it is reaped only after every measurement."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    docroot.mkdir(parents=True, exist_ok=True)
+    proc = ctx.Process(target=_serve, args=(str(docroot), slow_seconds, child), daemon=True)
+    proc.start()
+    try:
+        if not parent.poll(60):
+            raise RuntimeError("the fault server process did not start within 60 s")
+        yield parent.recv()
+    finally:
+        proc.terminate()
+        proc.join(10)
 
 
 def _cc_config(info, out: Path, *, report: bool = False, engine: str = "vlfusion") -> Path:
@@ -80,8 +110,8 @@ def bench_e2e(root: Path, n_images: int, max_side: int = 640, variants: list | N
     from curation.synthetic.sources import build_sources
 
     cores = os.cpu_count() or 1
-    with FaultServer(root / "web", slow_seconds=1.0) as server:
-        info = build_sources(root, base_url=server.base_url, n_images=n_images, max_side=max_side)
+    with server_process(root / "web", slow_seconds=1.0) as base_url:
+        info = build_sources(root, base_url=base_url, n_images=n_images, max_side=max_side)
         urls = []
         for parts in (line.split(b"\t") for line in Path(info.cc3m_tsv).read_bytes().splitlines()):
             if len(parts) == 2:
