@@ -87,6 +87,9 @@ class DownloadConfig:
     allowed_networks: list[str] = field(default_factory=list)   # CIDRs of private/loopback ranges allowed
     unit_rows: int = 2000                  # records per fetch unit: the unit of work, of caching and of resume
     prepare_threads: int = 1               # images decoded/resized/hashed at once per worker process; 0: one per core
+    # Processes that decode/resize/hash for each worker process (curation.prepare_pool); -1: one per core
+    # when the job runs in one process (the default in-memory DirectRunner), else 0 (on the fetch threads).
+    prepare_processes: int = -1
 
     def __post_init__(self) -> None:
         check_range("download.timeout", self.timeout, 0.01)
@@ -101,6 +104,7 @@ class DownloadConfig:
         check_range("download.max_pixels", self.max_pixels, 1)
         check_range("download.unit_rows", self.unit_rows, 1)
         check_range("download.prepare_threads", self.prepare_threads, 0, 1024)
+        check_range("download.prepare_processes", self.prepare_processes, -1, 1024)
         if not self.user_agent_token or any(c.isspace() or c in ";()" for c in self.user_agent_token):
             fail("download.user_agent_token", f"must be a non-empty token without spaces, ';' or parentheses, "
                                                f"got {self.user_agent_token!r}")

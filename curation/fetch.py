@@ -23,6 +23,7 @@ import importlib.util
 import io
 import os
 import random
+import re
 import socket
 import ssl
 import sys
@@ -324,7 +325,8 @@ class ImagePreparer:
         except Image.DecompressionBombError as err:
             return "too_many_pixels", str(err)[:200]
         except Exception as err:  # PIL raises many types for non-images
-            return "not_an_image", f"{type(err).__name__}: {str(err)[:160]}"
+            # without the buffer's address ("<_io.BytesIO object at 0x7f...>"): the same file, the same detail
+            return "not_an_image", f"{type(err).__name__}: {re.sub(r' at 0x[0-9a-f]+', '', str(err))[:160]}"
         if w * h > self.max_pixels:
             return "too_many_pixels", f"{w}x{h}"
         if header.format == "JPEG" and data.rstrip(b"\0").rfind(b"\xff\xd9") < len(data.rstrip(b"\0")) - 2:

@@ -43,6 +43,7 @@ from curation.funnel import (
     row_event,
 )
 from curation.outdir import WriteLines, WritePartitionedLines
+from curation.prepare_pool import PreparePool
 from curation.report.in_job import ReportInJob
 from curation.report.shard_stats import StatsConfig
 from curation.sharding import WriteShards
@@ -199,16 +200,24 @@ class FetchUnit(beam.DoFn):
         self.preparing = threading.BoundedSemaphore(self.download.prepare_threads or os.cpu_count() or 1)
         self.fetcher = Fetcher(self.download)
         self.preparer = ImagePreparer(self.resize, self.download.max_pixels)
+        # -1 (auto) is resolved by `curate run`; a pipeline built elsewhere prepares on its fetch threads.
+        processes = max(0, self.download.prepare_processes)
+        self.processes = PreparePool(self.resize, self.download.max_pixels, processes) if processes else None
         self.pool = concurrent.futures.ThreadPoolExecutor(self.download.threads)
 
     def teardown(self):
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.processes is not None:
+            self.processes.release()
+            self.processes = None
 
     def _fetch_prepare(self, record: dict):
         """-> (data, reason, detail, prepared): prepared here, and the download let go at once, when the
         resizer is thread-safe (a unit's raw downloads, up to ``download.max_bytes`` each, are never held
         together); else the data, prepared later on the DoFn's thread."""
         data, reason, detail = self._bytes(record)
+        if data is not None and self.processes is not None:
+            return None, reason, detail, self.processes.prepare(data)
         if data is not None and self.preparer.thread_safe:
             with self.preparing:
                 return None, reason, detail, self.preparer.prepare(data)

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 
-from curation import fetch_cache, outdir, runners
+from curation import fetch_cache, outdir, prepare_pool, runners
 from curation.config import RunConfig, load_config
 from curation.eval_images import MissingEvalImage
 from curation.funnel import build_funnel, read_progress, summary_table
@@ -63,7 +63,8 @@ def beam_options(beam_args: list[str]) -> list[str]:
 def _fetch_settings(cfg: RunConfig) -> dict:
     d = cfg.to_dict()
     dl = dict(d["download"])
-    for k in ("threads", "per_host_connections", "unit_rows", "prepare_threads", "backoff_base", "backoff_max"):
+    for k in ("threads", "per_host_connections", "unit_rows", "prepare_threads", "prepare_processes",
+              "backoff_base", "backoff_max"):
         dl.pop(k)   # do not change what is fetched; the split into units is in each unit's file name
     return {"resize": d["resize"], "download": dl}
 
@@ -108,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"curate run: {err}", file=sys.stderr)
         return 2
+    cfg.download.prepare_processes = prepare_pool.resolve(cfg.download.prepare_processes,
+                                                          runners.in_one_process(runner_args))
     fsutil.makedirs(out)
     # Nothing from an earlier run may look complete while this one runs: the manifests go first.
     outdir.remove(fsutil.join(out, "manifest.json"))
@@ -140,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"curate run: {missing}", file=sys.stderr)
         return 1
     finally:
+        prepare_pool.shutdown_all()
         if printer:
             printer.stop.set()
             printer.join()

@@ -37,6 +37,12 @@ def runner_name(args: list[str]) -> str:
     return _option(args, "runner") or "DirectRunner"
 
 
+def in_one_process(args: list[str]) -> bool:
+    """The whole job runs in this Python process: the DirectRunner in its in-memory mode (its default)."""
+    return (runner_name(args) in _LOCAL_RUNNERS
+            and (_option(args, "direct_running_mode") or "in_memory") == "in_memory")
+
+
 def is_dask(args: list[str]) -> bool:
     return runner_name(args) in _DASK_RUNNERS
 
