@@ -210,6 +210,14 @@ def _init_state(item):
     return uid, centres.new_state(pairs[0][0], [other for _me, other in pairs])
 
 
+def _init_and_announce(item):
+    return centres.messages(*_init_state(item))
+
+
+def _decide_and_announce(item):
+    return centres.messages(*centres.receive(item))
+
+
 def _combine_undecided(parts):
     parts = [p for p in parts if p[0]]
     return (sum(p[0] for p in parts), min(p[1] for p in parts)) if parts else (0, None)
@@ -275,13 +283,16 @@ class NearDupImages(beam.PTransform):
                     | "Verify" >> beam.FlatMap(_verify, t).with_outputs(LEDGER, main="edges"))
         states = (verified.edges
                   | "BothWays" >> beam.FlatMap(lambda e: [(e[0][0][-1], (e[0], e[1])), (e[1][0][-1], (e[1], e[0]))])
-                  | "Neighbours" >> beam.GroupByKey()
-                  | "InitStates" >> beam.Map(_init_state))
+                  | "Neighbours" >> beam.GroupByKey())
+        # One GroupByKey and one step per round: a node's decision and its announcement are one FlatMap
+        # (each transform costs the driver ~20 ms to build and translate, and rounds are most of the graph).
+        messages = states | "InitStates" >> beam.FlatMap(_init_and_announce)
         for i in range(1, self.rounds + 1):
-            states = (states
-                      | f"Announce{i}" >> beam.FlatMap(lambda kv: centres.messages(*kv))
-                      | f"Deliver{i}" >> beam.GroupByKey()
-                      | f"Decide{i}" >> beam.Map(centres.receive))
+            delivered = messages | f"Deliver{i}" >> beam.GroupByKey()
+            if i < self.rounds:
+                messages = delivered | f"Decide{i}" >> beam.FlatMap(_decide_and_announce)
+            else:
+                states = delivered | f"Decide{i}" >> beam.Map(centres.receive)
         undecided = (states
                      | "CountUndecided" >> beam.CombineGlobally(_count_undecided_combine).without_defaults()
                      | "FailIfUndecided" >> beam.Map(_fail_if_undecided, self.rounds))
