@@ -1,4 +1,4 @@
-"""Fetching and preparing one image: HTTP with the SSRF guard, then header checks and img2dataset's Resizer.
+"""Fetching and preparing one image: HTTP with the SSRF guard, then header checks and the resize.
 
 `Fetcher.fetch(url) -> FetchResult` is a plain function of the URL (plus the server's answers): no Beam
 here, so it is tested directly against the local fault server. `ImagePreparer.prepare(data)` turns bytes
@@ -8,8 +8,8 @@ drop reason.
 
 Why our own HTTP loop rather than img2dataset's `download_image` (urllib): urllib follows redirects by
 itself and resolves DNS at connect time, so neither the redirect target nor the address actually used can
-be checked. We resolve once, check, connect to that address, and follow redirects by hand. img2dataset's
-X-Robots-Tag parser (`is_disallowed`) and `Resizer` are used as they are.
+be checked. We resolve once, check, connect to that address, and follow redirects by hand. X-Robots-Tag is
+read as img2dataset reads it (`_is_disallowed`); img2dataset's `Resizer` is available as ``resize.engine``.
 """
 
 from __future__ import annotations
@@ -81,9 +81,21 @@ class FetchResult:
 
 
 def _is_disallowed(headers, user_agent_token: str, directives: list[str]) -> bool:
-    # img2dataset's X-Robots-Tag parser; its module (and wandb, which it imports) is loaded only once a
-    # response carries the header, as most never do.
-    return img2dataset_module("downloader").is_disallowed(headers, user_agent_token, directives)
+    """X-Robots-Tag, as img2dataset reads it: each header value is ``[agent:] directive, directive ...``;
+    disallowed when one of ``directives`` is given for every agent (no agent named) or for ours.
+
+    Ours rather than img2dataset's ``is_disallowed``: importing its module loads wandb (about 1 s of CPU
+    per worker process, paid on the first response that carries the header). Agent names are compared
+    without case (img2dataset lower-cases the header's agent but not our token)."""
+    wanted = {d.lower() for d in directives}
+    token = user_agent_token.lower()
+    for value in headers.get_all("X-Robots-Tag") or []:
+        agent, named, rest = value.partition(":")
+        if named and agent.strip().lower() != token:
+            continue
+        if wanted & {d.strip().lower() for d in (rest if named else value).split(",")}:
+            return True
+    return False
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):

@@ -117,6 +117,28 @@ def test_per_host_cap_is_what_the_server_sees(docroot, cap):
         assert s.max_concurrent == cap
 
 
+def test_robots_header_read_as_img2dataset_reads_it():
+    """Our X-Robots-Tag reading agrees with img2dataset's `is_disallowed` on every header below (theirs
+    lower-cases the header's agent only, so our token is given in lower case here)."""
+    import email.message
+
+    from curation.fetch import _is_disallowed, img2dataset_module
+    theirs = img2dataset_module("downloader").is_disallowed
+    values = [["noai"], ["noimageai"], ["NoAI"], ["noindex, noai"], [" noindex ,  NOIMAGEAI "], ["noindex"],
+              ["vlfusion: noai"], ["VLFusion: noai"], ["otherbot: noai"], ["otherbot: noai", "noindex"],
+              ["otherbot: noai", "vlfusion: noimageai"], ["googlebot: noindex", "noai"], [], [""],
+              ["unavailable_after: 25 Jun 2010 15:00:00 PST"], ["vlfusion:"]]
+    for directives in (["noai", "noimageai"], ["noai"], []):
+        for vals in values:
+            m = email.message.Message()
+            for v in vals:
+                m["X-Robots-Tag"] = v
+            assert _is_disallowed(m, "vlfusion", directives) == theirs(m, "vlfusion", directives), (vals, directives)
+    m = email.message.Message()
+    m["X-Robots-Tag"] = "noindex, noai"
+    assert _is_disallowed(m, "vlfusion", ["noai"]) and not _is_disallowed(m, "vlfusion", ["noimageai"])
+
+
 def test_worker_imports_stay_light(tmp_path):
     """A Beam worker builds an ImagePreparer and reads X-Robots-Tag headers without img2dataset's package
     __init__ (torch, wandb, pandas: seconds of start-up per worker), and the real package still loads after."""
@@ -132,7 +154,7 @@ def test_worker_imports_stay_light(tmp_path):
         "assert not heavy, heavy\n"
         "m = email.message.Message(); m['X-Robots-Tag'] = 'noai'\n"
         "assert _is_disallowed(m, 'vlfusion', ['noai'])\n"
-        "heavy = sorted(m for m in ('torch', 'pandas', 'img2dataset.main') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'wandb', 'pandas', 'img2dataset.main') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
         "from img2dataset import download\n"
         "assert callable(download) and 'img2dataset.main' in sys.modules\n"
