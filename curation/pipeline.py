@@ -176,12 +176,13 @@ class FetchUnit(beam.DoFn):
     (`curation.fetch_cache`) and stay there: what leaves this stage is metadata (sizes, hashes, the 2.5 kB
     near-duplicate signature, an image_ref), and the shard writer reads each kept image once.
 
-    Downloads run in ``download.threads`` threads, and so do decoding, resizing and hashing with the
-    default resizer (`curation.resize`: nothing process-wide is touched), at most
-    ``download.prepare_threads`` images at once (default 1: measured on 2 cores, two at once cost 11 %
-    more CPU and 12 % more wall than one, as the hashing holds the GIL; scale out with processes). With
-    ``resize.engine = "img2dataset"`` those run in this thread, one image at a time, since img2dataset's
-    Resizer redirects the process's stdout/stderr while it works.
+    Downloads run in ``download.threads`` threads. Decoding, resizing and hashing run in a pool of
+    ``download.prepare_processes`` processes (`curation.prepare_pool`; by default one per core when the
+    whole job runs in this one process, as on the in-memory DirectRunner, where the GIL would otherwise
+    hold them to one core), or else on the fetch threads, at most ``download.prepare_threads`` images at
+    once (the default on distributed runners, which already run one SDK process per core). Without a pool
+    and with ``resize.engine = "img2dataset"`` they run in this thread, one image at a time, since
+    img2dataset's Resizer redirects the process's stdout/stderr while it works.
 
     A unit's downloads are queued as soon as it arrives, and it is finished (prepared, cached, emitted)
     only when the next unit of the bundle has arrived, or at the end of the bundle: a unit waits for its
