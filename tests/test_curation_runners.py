@@ -76,3 +76,15 @@ def test_missing_eval_image_fails_the_run_naming_set_and_image(tmp_path, capsys)
     err = capsys.readouterr().err
     assert f"eval set 'coco-karpathy-test' names image {images / 'val2014' / 'gone.jpg'}, which does not exist" in err
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_default_runner_is_built_as_the_in_memory_fn_api_runner():
+    """`curate run`'s default runs on Beam's FnApiRunner in this process, built directly (the DirectRunner
+    would first translate the pipeline for Prism and fall back); other runners are left to Beam."""
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    from curation.run_cmd import beam_options
+    runner = runners.make_runner(beam_options([]))
+    assert isinstance(runner, fn_runner.FnApiRunner)
+    assert runners.make_runner(["--runner=DirectRunner", "--direct_running_mode=multi_processing"]) is None
+    assert runners.make_runner(["--runner=PrismRunner"]) is None
