@@ -16,12 +16,13 @@ Near (`NearDupImages`), on metadata:
    this stage is done;
 2. each record files at most 108 index entries (`curation.dedup.index`: key = a 16-bit substring; value =
    uid, one 64-bit hash, whether it is the full picture's). The keys are spread over S index shards, S
-   from the number of records (``Count.Globally``, a side input: about ``index.ENTRIES_PER_SHARD`` entries
-   a shard); `_IndexBatches` computes the entries of a few thousand records at once (max(4096, S) up to
-   16384) and sends one element per shard they touch: at most S per batch, about one per record at
-   150M rows (S ~8,100), instead of 108 per record; ``GroupByKey`` per shard; a shard yields the candidate pairs of all its keys in one vectorised
-   pass: within ``Thresholds.phash64`` bits, at most 2 x ``max_bucket`` comparisons per entry (keys
-   bounded by construction, capped ones counted); ``Distinct`` pairs (a pair can meet in several shards);
+   from the number of records (``Count.Globally`` as a side input; about ``index.ENTRIES_PER_SHARD`` = 2M
+   entries a shard); `_IndexBatches` computes the entries of max(4096, S) records at once (at most 16384)
+   and sends one element per shard they touch: at most S per batch, about one per record at 150M rows
+   (S = 8,100), instead of 108 per record; ``GroupByKey`` per shard; a shard yields the candidate pairs of
+   all its keys in one vectorised pass: within ``Thresholds.phash64`` bits, at most 2 x ``max_bucket``
+   comparisons per entry (keys bounded by construction, capped ones counted); ``Distinct`` pairs (a pair
+   can meet under keys of several shards);
 3. candidates are verified on the full signatures (two joins by uid: a pair meets each side's signature
    once): all of 64-bit pHash, 256-bit pHash and colour thumbnail within `Thresholds` for one pair of windows;
 4. greedy centres in quality order (`curation.dedup.centres`) in ``cluster_rounds`` synchronous rounds; an
@@ -33,9 +34,9 @@ Near (`NearDupImages`), on metadata:
    centre (with their images) so a bounded, deterministic sample of merged clusters is written with
    thumbnails to ``examples_path`` (see `curation.dedup.examples`).
 
-What one worker holds at 150M rows: a batch of at most ``INDEX_BATCH_ROWS_MAX`` records' entries (~108 each,
-~60 MB of work arrays), one index shard (about ``index.ENTRIES_PER_SHARD`` entries with their uids, ~200 MB whatever N: S
-grows with N, a shard does not), one node's state (its
+What one worker holds at 150M rows: one index batch (at most ``INDEX_BATCH_ROWS_MAX`` records, ~60 MB of
+work arrays), one index shard (~2M entries and the uids of their rows: ~0.7 GB peak measured when every
+entry comes from another row, as at 150M rows; S grows with N, a shard does not), one node's state (its
 neighbour lists), one combiner accumulator per centre it sees (one record with its image, ~2 x the limits
 of captions / QA / URLs, ``MAX_MEMBERS`` example members). Nothing grows with N per key except a node's
 degree in the verified graph: an image with d verified near-duplicates has O(d) state and there are O(d^2)
@@ -62,8 +63,8 @@ from curation.funnel import DROPPED, Progress, record_event
 EXAMPLE = "example"
 LEDGER = "ledger"
 # Records whose index entries are computed and sent together: at least this many, and as many as there are
-# index shards up to the maximum, so that a batch sends about one element per record (a batch touches
-# nearly every shard once S is in the thousands). 16384 records: ~1.8M entries, ~60 MB of work arrays.
+# index shards up to the maximum, so that a batch sends at most about one element per record (a batch
+# touches nearly every shard once S is in the thousands). 16384 records: ~1.8M entries, ~60 MB of arrays.
 INDEX_BATCH_ROWS = 4096
 INDEX_BATCH_ROWS_MAX = 16384
 

@@ -30,10 +30,13 @@ most 108 x 2 x ``max_bucket`` popcounts whatever N, and the entries of keys over
 counted (``dedup|capped_bucket_images``) since pairs among them can be missed: the price of flat work per
 row, paid only in crowded keys.
 
-Memory: one shard per worker while it is compared: about ``ENTRIES_PER_SHARD`` entries (17 bytes each in
-the arrays, ~60 more for the uid of the row they belong to, and a few int64 work arrays of that length),
-whatever N; S grows linearly with N, the size of a shard does not. Nothing grows faster than N: a key
-larger than ``max_bucket`` costs (max_bucket - 1) comparisons per entry, not its size.
+Memory: one shard per worker while it is compared: about ``ENTRIES_PER_SHARD`` entries (17 bytes each on
+the wire and in the arrays, plus the uid of their row: a Python str, and its bytes while ranked) and a few
+work arrays of that length; measured ~0.7 GB peak RSS for 2M entries that all come from different rows (the
+case at 150M rows), whatever N: S grows linearly with N, the size of a shard does not. The batch that
+files entries holds its rows' ~108 entries each. Nothing grows faster than N: a key larger than
+``max_bucket`` costs (max_bucket - 1) comparisons per entry, not its size; per shard, one vectorised step per
+offset 1 .. max_bucket - 1 (the Python loop is at most max_bucket long).
 """
 
 from __future__ import annotations
@@ -49,8 +52,9 @@ _MASK = (1 << SUB_BITS) - 1
 _WINDOWS = 11                              # hashes per image: the full picture, then 10 windows
 PER_TABLE = 1 + SUB_BITS + _WINDOWS - 1    # 27 entries per table: the full hash's ball, the window hashes
 MAX_ENTRIES = TABLES * PER_TABLE            # 108
-# Entries of one index shard (2M: ~40 MB of arrays and ~120 MB of uid strings in the worker comparing it).
-# Smaller shards spread the comparison over more workers but send more elements per batch of rows.
+# Entries of one index shard: ~0.7 GB peak in the worker comparing it, and ~8.5 CPU s when every key in it
+# is over max_bucket = 512 (measured; the worst case, 511 comparisons per entry). Smaller shards spread the
+# comparison over more workers but a batch of rows then sends more elements.
 ENTRIES_PER_SHARD = 2_000_000
 
 Payload = tuple[list[str], bytes, bytes, bytes, bytes]   # (uids, row int32, key uint32, hash uint64, full u8)
@@ -161,8 +165,9 @@ def window_pairs(key: np.ndarray, h: np.ndarray, full: np.ndarray, *, max_distan
     """Positions (i, j), i < j, of the entries compared and within ``max_distance`` bits, at least one of
     them a full picture's hash; the entries are sorted by key, so that each key is a run, and entry i is
     compared with the next ``max_bucket`` - 1 entries of its key (for a key of at most ``max_bucket``
-    entries: all against all). One vectorised step per offset, over the entries that still have a
-    neighbour of their key that far: the work is the number of comparisons, not offsets x entries."""
+    entries: all against all). One vectorised step per offset: over the whole shard in contiguous slices
+    while most entries still have a neighbour of their key that far, then over just those entries, so the
+    work follows the number of comparisons, not offsets x entries."""
     n = len(key)
     out_i, out_j = [], []
     active = None     # entries with a neighbour of their key d further; None while most have (slices)
@@ -233,8 +238,7 @@ def shard_candidates(payloads: Iterable[Payload], *, max_distance: int,
         fulls.append(full)
     if not uids:
         return [], 0
-    # uid ranks in str order (UTF-8 bytes sort as code points), equal uids one rank
-    names, rank_of_row = np.unique(np.array([u.encode() for u in uids], dtype=object), return_inverse=True)
+    names, rank_of_row = _uid_ranks(uids)
     rank = rank_of_row[np.concatenate(rows)]
     codes, capped = _candidates(np.concatenate(keys), rank, np.concatenate(hashes), np.concatenate(fulls),
                                 max_distance=max_distance, max_bucket=max_bucket)
@@ -243,28 +247,7 @@ def shard_candidates(payloads: Iterable[Payload], *, max_distance: int,
     return [(names[i].decode(), names[j].decode()) for i, j in zip(a, b)], capped
 
 
-def bucket_pairs(table: int, h: np.ndarray, full: np.ndarray, *, max_distance: int,
-                 max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
-    """Entry indices (i, j), i < j, of the candidate pairs among the entries of one key of ``table``, by
-    the rule of `window_pairs` (entries in rotated-hash order, ties by index)."""
-    n = len(h)
-    order = np.lexsort((np.arange(n), _rotate_key(np.asarray(h, np.uint64), table)))
-    ii, jj = window_pairs(np.zeros(n, np.int64), h[order], full[order], max_distance=max_distance,
-                          max_bucket=max_bucket)
-    a, b = order[ii], order[jj]
-    return np.minimum(a, b), np.maximum(a, b)
-
-
-def bucket_candidates(key: int, entries: list[tuple[str, int, bool]], *, max_distance: int,
-                      max_bucket: int) -> tuple[list[tuple[str, str]], int]:
-    """One key's entries (uid, hash, is full) -> (candidate pairs (uid_a, uid_b), uid_a < uid_b; number of
-    entries if the key is over ``max_bucket``, else 0): `shard_candidates` on a single key."""
-    if not entries:
-        return [], 0
-    uids = sorted({e[0] for e in entries})
-    rank_of = {u: i for i, u in enumerate(uids)}
-    n = len(entries)
-    payload = (uids, np.array([rank_of[e[0]] for e in entries], np.int32).tobytes(),
-               np.full(n, key, np.uint32).tobytes(), np.array([e[1] for e in entries], np.uint64).tobytes(),
-               np.array([e[2] for e in entries], np.uint8).tobytes())
-    return shard_candidates([payload], max_distance=max_distance, max_bucket=max_bucket)
+def _uid_ranks(uids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct uids as UTF-8 bytes in str order, rank of each uid). UTF-8 bytes sort as the code points
+    do; an object array, since a fixed-width one would drop a uid's trailing NUL bytes."""
+    return np.unique(np.array([u.encode() for u in uids], dtype=object), return_inverse=True)
