@@ -251,3 +251,30 @@ def _uid_ranks(uids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(distinct uids as UTF-8 bytes in str order, rank of each uid). UTF-8 bytes sort as the code points
     do; an object array, since a fixed-width one would drop a uid's trailing NUL bytes."""
     return np.unique(np.array([u.encode() for u in uids], dtype=object), return_inverse=True)
+
+
+def bucket_pairs(table: int, h: np.ndarray, full: np.ndarray, *, max_distance: int,
+                 max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """Entry indices (i, j), i < j, of the candidate pairs among the entries of one key of ``table``, by
+    the rule of `window_pairs` (entries in rotated-hash order, ties by index)."""
+    n = len(h)
+    order = np.lexsort((np.arange(n), _rotate_key(np.asarray(h, np.uint64), table)))
+    ii, jj = window_pairs(np.zeros(n, np.int64), h[order], full[order], max_distance=max_distance,
+                          max_bucket=max_bucket)
+    a, b = order[ii], order[jj]
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def bucket_candidates(key: int, entries: list[tuple[str, int, bool]], *, max_distance: int,
+                      max_bucket: int) -> tuple[list[tuple[str, str]], int]:
+    """One key's entries (uid, hash, is full) -> (candidate pairs (uid_a, uid_b), uid_a < uid_b; number of
+    entries if the key is over ``max_bucket``, else 0): `shard_candidates` on a single key."""
+    if not entries:
+        return [], 0
+    uids = sorted({e[0] for e in entries})
+    rank_of = {u: i for i, u in enumerate(uids)}
+    n = len(entries)
+    payload = (uids, np.array([rank_of[e[0]] for e in entries], np.int32).tobytes(),
+               np.full(n, key, np.uint32).tobytes(), np.array([e[1] for e in entries], np.uint64).tobytes(),
+               np.array([e[2] for e in entries], np.uint8).tobytes())
+    return shard_candidates([payload], max_distance=max_distance, max_bucket=max_bucket)
