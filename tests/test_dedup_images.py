@@ -71,7 +71,7 @@ def test_index_meets_every_pair_within_11_bits_and_buckets_stay_bounded():
     bucket = [("a", base, True), ("b", near, True)] + [(f"f{i}", rng.getrandbits(64), True) for i in range(50)]
     pairs, capped = bucket_candidates(key, bucket, max_distance=11, max_bucket=4096)
     assert ("a", "b") in pairs and capped == 0
-    # an oversized bucket is compared in runs of max_bucket and counted, never all against all
+    # an oversized key is compared in a sliding window of max_bucket and counted, never all against all
     pairs, capped = bucket_candidates(key, bucket, max_distance=11, max_bucket=8)
     assert capped == len(bucket)
     # a window hash meets a full hash within 7 bits; two window hashes are never compared

@@ -15,9 +15,14 @@ Near (`NearDupImages`), on metadata:
    image bytes (those wait in the fetch cache for the shard writer), and the signature is dropped once
    this stage is done;
 2. each record files at most 108 index entries (`curation.dedup.index`: key = a 16-bit substring; value =
-   uid, one 64-bit hash, whether it is the full picture's); ``GroupByKey`` per key; a bucket yields
-   candidate pairs within ``Thresholds.phash64`` bits, at most 2 x ``max_bucket`` comparisons per entry
-   (buckets bounded by construction, capped ones counted); ``Distinct`` pairs;
+   uid, one 64-bit hash, whether it is the full picture's). The keys are spread over S index shards, S
+   from the number of records (``Count.Globally`` as a side input; about ``index.ENTRIES_PER_SHARD`` = 2M
+   entries a shard); `_IndexBatches` computes the entries of max(4096, S) records at once (at most 16384)
+   and sends one element per shard they touch: at most S per batch, about one per record at 150M rows
+   (S = 8,100), instead of 108 per record; ``GroupByKey`` per shard; a shard yields the candidate pairs of
+   all its keys in one vectorised pass: within ``Thresholds.phash64`` bits, at most 2 x ``max_bucket``
+   comparisons per entry (keys bounded by construction, capped ones counted); ``Distinct`` pairs (a pair
+   can meet under keys of several shards);
 3. candidates are verified on the full signatures (two joins by uid: a pair meets each side's signature
    once): all of 64-bit pHash, 256-bit pHash and colour thumbnail within `Thresholds` for one pair of windows;
 4. greedy centres in quality order (`curation.dedup.centres`) in ``cluster_rounds`` synchronous rounds; an
@@ -29,7 +34,9 @@ Near (`NearDupImages`), on metadata:
    centre (with their images) so a bounded, deterministic sample of merged clusters is written with
    thumbnails to ``examples_path`` (see `curation.dedup.examples`).
 
-What one worker holds at 150M rows: one index bucket (``max_bucket`` entries of ~60 bytes), one node's state (its
+What one worker holds at 150M rows: one index batch (at most ``INDEX_BATCH_ROWS_MAX`` records, ~60 MB of
+work arrays), one index shard (~2M entries and the uids of their rows: ~0.7 GB peak measured when every
+entry comes from another row, as at 150M rows; S grows with N, a shard does not), one node's state (its
 neighbour lists), one combiner accumulator per centre it sees (one record with its image, ~2 x the limits
 of captions / QA / URLs, ``MAX_MEMBERS`` example members). Nothing grows with N per key except a node's
 degree in the verified graph: an image with d verified near-duplicates has O(d) state and there are O(d^2)
@@ -42,16 +49,24 @@ from __future__ import annotations
 import typing
 
 import apache_beam as beam
+import numpy as np
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from curation.dedup import centres
 from curation.dedup.examples import MAX_MEMBERS, WriteDedupExamples, cluster_priority, example_member
-from curation.dedup.index import bucket_candidates, index_entries
+from curation.dedup.index import ENTRIES_PER_SHARD, num_shards, shard_batches, shard_candidates
 from curation.dedup.merge import Limits, SampleUnion, apply_union
 from curation.dedup.signature import Thresholds, hashes64, match
 from curation.funnel import DROPPED, Progress, record_event
 
 EXAMPLE = "example"
 LEDGER = "ledger"
+# Records whose index entries are computed and sent together: at least this many, and as many as there are
+# index shards up to the maximum, so that a batch sends at most about one element per record (a batch
+# touches nearly every shard once S is in the thousands). 16384 records: ~1.8M entries, ~60 MB of arrays.
+INDEX_BATCH_ROWS = 4096
+INDEX_BATCH_ROWS_MAX = 16384
 
 
 def quality_key(r: dict) -> tuple:
@@ -173,9 +188,42 @@ class ExactDedup(beam.PTransform):
 
 
 # ------------------------------------------------------------------------------------------ near
-def _bucket(item, max_distance: int, max_bucket: int):
-    key, nodes = item
-    pairs, capped = bucket_candidates(key, list(nodes), max_distance=max_distance, max_bucket=max_bucket)
+class _IndexBatches(beam.DoFn):
+    """(uid, (node, signature)) -> (index shard, payload of `index.shard_batches`) per batch of
+    max(``batch_rows``, S) records, at most ``max_rows``. Memory: one batch (its uids, 11 hashes each, then
+    its ~108 entries each)."""
+
+    def __init__(self, batch_rows: int = INDEX_BATCH_ROWS, max_rows: int = INDEX_BATCH_ROWS_MAX):
+        self.batch_rows, self.max_rows = batch_rows, max_rows
+
+    def start_bundle(self):
+        self._uids, self._hashes, self._shards, self._timestamp = [], [], None, None
+
+    def process(self, item, shards, timestamp=beam.DoFn.TimestampParam):
+        uid, (_node, sig) = item
+        self._uids.append(uid)
+        self._hashes.append(hashes64(sig))
+        self._shards, self._timestamp = shards, timestamp
+        if len(self._uids) >= min(self.max_rows, max(self.batch_rows, shards)):
+            yield from self._flush()
+
+    def finish_bundle(self):
+        # Emitted as windowed values: no element is being processed here. Every record is in the global
+        # window (`curate run` windows nothing).
+        for item in self._flush():
+            yield WindowedValue(item, self._timestamp, (GlobalWindow(),))
+
+    def _flush(self):
+        if not self._uids:
+            return []
+        out = shard_batches(self._uids, np.array(self._hashes, dtype=np.uint64), self._shards)
+        self._uids, self._hashes = [], []
+        return out
+
+
+def _shard_pairs(item, max_distance: int, max_bucket: int):
+    _shard, payloads = item
+    pairs, capped = shard_candidates(payloads, max_distance=max_distance, max_bucket=max_bucket)
     if capped:
         yield beam.pvalue.TaggedOutput(LEDGER, ("dedup|capped_bucket_images", capped))
     yield from pairs
@@ -257,23 +305,30 @@ class NearDupImages(beam.PTransform):
 
     def __init__(self, *, thresholds: Thresholds = Thresholds(), max_bucket: int = 512, rounds: int = 24,
                  limits: Limits = Limits(), progress_dir=None, example_clusters: int = 0,
-                 examples_path: str | None = None, cache_dir: str | None = None):
+                 examples_path: str | None = None, cache_dir: str | None = None,
+                 entries_per_shard: int = ENTRIES_PER_SHARD, index_batch_rows: int = INDEX_BATCH_ROWS):
         super().__init__()
         if example_clusters and not examples_path:
             raise ValueError("example_clusters > 0 needs examples_path")
+        if entries_per_shard < 1 or index_batch_rows < 1:
+            raise ValueError(f"entries_per_shard ({entries_per_shard}) and index_batch_rows ({index_batch_rows}) "
+                             "must be at least 1")
         self.thresholds, self.max_bucket, self.rounds, self.limits = thresholds, max_bucket, rounds, limits
         self.progress_dir = progress_dir
         self.example_clusters, self.examples_path = example_clusters, examples_path
         self.cache_dir = cache_dir
+        # index shard size and records per index batch: fixed in `curate run`; tests vary them
+        self.entries_per_shard, self.index_batch_rows = entries_per_shard, index_batch_rows
 
     def expand(self, records):
         t = self.thresholds
         sigs = records | "Signature" >> beam.Map(lambda r: (r["uid"], (node_of(r), signature_of(r))))
+        shards = (records | "CountToIndex" >> beam.combiners.Count.Globally()
+                  | "IndexShards" >> beam.Map(num_shards, self.entries_per_shard))
         buckets = (sigs
-                   | "IndexEntries" >> beam.FlatMap(
-                       lambda kv: [(k, (kv[0], h, full)) for k, h, full in index_entries(hashes64(kv[1][1]))])
-                   | "GroupByIndexKey" >> beam.GroupByKey()
-                   | "Buckets" >> beam.FlatMap(_bucket, t.phash64, self.max_bucket)
+                   | "IndexBatches" >> beam.ParDo(_IndexBatches(self.index_batch_rows), beam.pvalue.AsSingleton(shards))
+                   | "GroupByIndexShard" >> beam.GroupByKey()
+                   | "ShardCandidates" >> beam.FlatMap(_shard_pairs, t.phash64, self.max_bucket)
                    .with_outputs(LEDGER, main="pairs"))
         cands = buckets.pairs | "DistinctPairs" >> beam.Distinct()
         half = ({"sig": sigs, "b": cands | "ByFirst" >> beam.Map(lambda p: p)}

@@ -36,9 +36,10 @@ A. Beam-measured (``--beam-sizes``): the real transforms of `curation.pipeline.b
 B. Key statistics only (``--key-sizes``, numpy, streamed in chunks of 100k rows): the keys those stages
    shuffle, for the same generator: rows per URL (grouping), rows per sha256 (exact dedup) and what the
    combiner holds for the largest (`curation.dedup.images.MergeSamples`, folded here over that many
-   records), near-dup index entries per row and per bucket (the keys of `curation.dedup.index.index_entries`,
-   computed vectorised and checked equal to it on a sample), popcounts per row the buckets cost with
-   ``max_bucket``, uses of the largest caption text and the caption combiner's state for it. No time per
+   records), near-dup index entries per row and per key (the keys of `curation.dedup.index.index_entries`,
+   computed vectorised and checked equal to it on a sample), the index shards those keys go to
+   (`curation.dedup.index.num_shards`, `shard_of`) and the entries of the largest, popcounts per row the
+   keys cost with ``max_bucket`` (sliding window in keys larger than that), uses of the largest caption text and the caption combiner's state for it. No time per
    row at these sizes: it is not a run.
 """
 
@@ -370,13 +371,22 @@ def check_index_keys(full: np.ndarray, win: np.ndarray) -> None:
 
 
 def bucket_cost(sizes: np.ndarray, max_bucket: int) -> int:
-    """Popcounts `curation.dedup.index.bucket_pairs` computes for buckets of these sizes (upper triangle
-    within a bucket or within each run of ``max_bucket``, runs every max_bucket // 2)."""
+    """Popcounts `curation.dedup.index.window_pairs` computes for keys of these sizes: all pairs of a key of
+    at most max_bucket entries, each entry against the next max_bucket - 1 in a larger one."""
     small = sizes[sizes <= max_bucket].astype(np.int64)
     big = sizes[sizes > max_bucket].astype(np.int64)
-    step = max_bucket // 2
-    runs = np.maximum(1, -(-(big - step) // step))
-    return int((small * (small - 1) // 2).sum() + (runs * max_bucket * (max_bucket - 1) // 2).sum())
+    w = max_bucket - 1
+    return int((small * (small - 1) // 2).sum() + (w * big - w * (w + 1) // 2).sum())
+
+
+def shard_stats(counts: np.ndarray, records: int) -> tuple[int, int]:
+    """(index shards `curate run` uses for this many records, entries of the largest), from the entries
+    per key."""
+    from curation.dedup.index import num_shards, shard_of
+
+    shards = num_shards(records)
+    per = np.bincount(shard_of(np.arange(len(counts), dtype=np.uint32), shards), weights=counts, minlength=shards)
+    return shards, int(per.max())
 
 
 def exact_group_state(hot: int) -> tuple[int, int]:
@@ -444,9 +454,11 @@ def key_stats(n: int, seed: int, max_bucket: int) -> dict:
         after_exact += len(full)
         counts += np.bincount(keys.ravel().astype(np.int64), minlength=4 << 16)
     sizes = counts[counts > 0]
+    shards, largest_shard = shard_stats(counts, after_exact)
     hot = hot_rows(n)
     return {"n": n, "records": after_exact, "url_mult": url_mult, "hot": hot,
             "entries_per_record": entries / after_exact, "largest_bucket": int(sizes.max()),
+            "index_shards": shards, "largest_shard": largest_shard,
             "capped_entries": int(sizes[sizes > max_bucket].sum()),
             "popcounts_per_row": bucket_cost(sizes, max_bucket) / n,
             "boiler_uses": int(boiler.max())}
@@ -455,13 +467,15 @@ def key_stats(n: int, seed: int, max_bucket: int) -> dict:
 def print_keys(stats: list[dict], max_bucket: int) -> None:
     print(f"\n== B. key statistics only (numpy over the same generator; no run, no time per row), max_bucket {max_bucket} ==")
     print(f"{'N rows':>11} {'largest URL group':>18} {'largest exact group':>20} {'held for it (B)':>16} "
-          f"{'records after exact':>20} {'index entries/record':>21} {'largest index bucket':>21} "
+          f"{'records after exact':>20} {'index entries/record':>21} {'index shards':>13} {'largest shard':>14} "
+          f"{'largest index key':>18} "
           f"{'entries in capped':>18} {'popcounts/row':>14} {'vs N=' + format(stats[0]['n'], ','):>14} "
           f"{'largest caption text':>21} {'held for it (B)':>16}")
     base = stats[0]["popcounts_per_row"]
     for s in stats:
         print(f"{s['n']:>11,} {s['url_mult']:>18,} {s['hot']:>20,} {s['exact_state']:>16,} {s['records']:>20,} "
-              f"{s['entries_per_record']:>21.1f} {s['largest_bucket']:>21,} {s['capped_entries']:>18,} "
+              f"{s['entries_per_record']:>21.1f} {s['index_shards']:>13,} {s['largest_shard']:>14,} "
+              f"{s['largest_bucket']:>18,} {s['capped_entries']:>18,} "
               f"{s['popcounts_per_row']:>14,.0f} {s['popcounts_per_row'] / base:>13.2f}x {s['boiler_uses']:>21,} "
               f"{s['caption_state']:>16,}")
 
@@ -501,7 +515,7 @@ def main() -> None:
         print_keys(out["keys"], max_bucket)
         bound = max(s["entries_per_record"] for s in out["keys"]) * (max_bucket - 1)
         print(f"  popcounts/row are bounded by construction at entries/record x (max_bucket - 1) = {bound:,.0f} "
-              "(buckets over max_bucket are compared in runs): "
+              "(keys over max_bucket: each entry against the next max_bucket - 1): "
               + ", ".join(f"N={s['n']:,} at {100 * s['popcounts_per_row'] / bound:.0f} %" for s in out["keys"]))
         print("  held for it (B): pickled bytes of the real combiner accumulator (MergeSamples for the exact "
               "group, TextUsers for the caption) after folding that many uses; caption state folded over "
