@@ -63,9 +63,21 @@ class PreparePool:
             entry[1] += 1
         self.pool, self.slots = entry[0], entry[2]
 
+    def submit(self, data: bytes) -> concurrent.futures.Future:
+        """Queue one download; blocks while 2 x processes are already queued (bounds the downloads held
+        for the pool, whatever the thread count), so the calling fetch thread can download the next URL
+        meanwhile rather than wait for this one to be prepared."""
+        self.slots.acquire()
+        try:
+            future = self.pool.submit(_prepare, data)
+        except BaseException:
+            self.slots.release()
+            raise
+        future.add_done_callback(lambda _f: self.slots.release())
+        return future
+
     def prepare(self, data: bytes):
-        with self.slots:        # bounds the downloads waiting for a pool process, whatever the thread count
-            return self.pool.submit(_prepare, data).result()
+        return self.submit(data).result()
 
     def release(self) -> None:
         with _LOCK:

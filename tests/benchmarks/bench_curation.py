@@ -111,8 +111,8 @@ def _cc_config(info, out: Path, *, report: bool = False, engine: str = "vlfusion
 VARIANTS = [
     ("curate run (defaults, report off)", False, "vlfusion", []),
     ("curate run (defaults, report on)", True, "vlfusion", []),
-    ("curate run (prepared on the fetch threads, no pool)", False, "vlfusion",
-     ["--set", "download.prepare_processes=0"]),
+    ("curate run (no prepare pool, report off)", False, "vlfusion", ["--set", "download.prepare_processes=0"]),
+    ("curate run (no prepare pool, report on)", True, "vlfusion", ["--set", "download.prepare_processes=0"]),
     ("curate run (img2dataset's Resizer, report off)", False, "img2dataset", []),
     ("curate run (multi_processing runner, report off)", False, "vlfusion",
      ["--", "--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=0"]),
