@@ -17,8 +17,7 @@ from __future__ import annotations
 from curation.config import RunConfig
 
 _DIRECT_PATH = "apache_beam.runners.direct.direct_runner.DirectRunner"
-_LOCAL_RUNNERS = {"DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "FnApiRunner",
-                  "apache_beam.runners.direct.direct_runner.DirectRunner"}
+_LOCAL_RUNNERS = {"DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "FnApiRunner", _DIRECT_PATH}
 _DASK_RUNNERS = {"DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner", "curation.dask_runner.DaskRunner"}
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
