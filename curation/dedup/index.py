@@ -46,10 +46,12 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from curation.dedup.signature import WINDOWS
+
 TABLES = 4
 SUB_BITS = 16
 _MASK = (1 << SUB_BITS) - 1
-_WINDOWS = 11                              # hashes per image: the full picture, then 10 windows
+_WINDOWS = len(WINDOWS)                    # hashes per image: the full picture, then 10 windows
 PER_TABLE = 1 + SUB_BITS + _WINDOWS - 1    # 27 entries per table: the full hash's ball, the window hashes
 MAX_ENTRIES = TABLES * PER_TABLE            # 108
 # Entries of one index shard: ~0.7 GB peak in the worker comparing it, and ~8.5 CPU s when every key in it
