@@ -59,11 +59,6 @@ def _timed(cmd: list[str]) -> tuple[float, float]:
     return wall, (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
 
 
-def cpu() -> float:
-    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
-
-
 def _serve(docroot: str, slow_seconds: float, conn) -> None:
     from curation.synthetic.server import bomb_png
     bomb_png()              # built before serving, as FaultServer.start does
