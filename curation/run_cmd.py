@@ -25,6 +25,7 @@ can be a bucket every worker reaches. Only the live progress counters stay on th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -109,8 +110,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"curate run: {err}", file=sys.stderr)
         return 2
-    cfg.download.prepare_processes = prepare_pool.resolve(cfg.download.prepare_processes,
-                                                          runners.in_one_process(runner_args))
+    # The pipeline gets auto resolved for this runner; the manifests keep the configuration as written
+    # (-1), so the same run gives the same manifest on any machine.
+    processes = prepare_pool.resolve(cfg.download.prepare_processes, runners.in_one_process(runner_args))
+    pipeline_cfg = dataclasses.replace(cfg, download=dataclasses.replace(cfg.download,
+                                                                         prepare_processes=processes))
     fsutil.makedirs(out)
     # Nothing from an earlier run may look complete while this one runs: the manifests go first.
     outdir.remove(fsutil.join(out, "manifest.json"))
@@ -132,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         printer.start()
     try:
         with beam.Pipeline(runner=runners.make_runner(runner_args), options=options) as p:
-            build_pipeline(p, cfg, cache_dir=cache_dir, progress_dir=progress_dir)
+            build_pipeline(p, pipeline_cfg, cache_dir=cache_dir, progress_dir=progress_dir)
     except FileNotFoundError as err:     # a source named in the config, found missing while planning reads
         print(f"curate run: {err}", file=sys.stderr)
         return 2
