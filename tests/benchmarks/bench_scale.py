@@ -36,8 +36,8 @@ A. Beam-measured (``--beam-sizes``): the real transforms of `curation.pipeline.b
 B. Key statistics only (``--key-sizes``, numpy, streamed in chunks of 100k rows): the keys those stages
    shuffle, for the same generator: rows per URL (grouping), rows per sha256 (exact dedup) and what the
    combiner holds for the largest (`curation.dedup.images.MergeSamples`, folded here over that many
-   records), near-dup index entries per row and per key (the keys of `curation.dedup.index.index_entries`,
-   computed vectorised and checked equal to it on a sample), the index shards those keys go to
+   records), near-dup index entries per row and per key (`curation.dedup.index.batch_entries`, the entries
+   `curate run` files), the index shards those keys go to
    (`curation.dedup.index.num_shards`, `shard_of`) and the entries of the largest, popcounts per row the
    keys cost with ``max_bucket`` (sliding window in keys larger than that), uses of the largest caption text and the caption combiner's state for it. No time per
    row at these sizes: it is not a run.
@@ -61,6 +61,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
+
+from curation.dedup.index import batch_entries  # noqa: E402
 
 CHUNK = 100_000
 N_POPULAR = 1000
@@ -330,46 +332,6 @@ def print_beam(results: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ B. key statistics
-def index_keys_np(full: np.ndarray, win: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Keys of `curation.dedup.index.index_entries` for many rows at once -> (keys [rows, 108] of the
-    entries, whether each is distinct within its row)."""
-    from curation.dedup.index import SUB_BITS, TABLES
-
-    cols = []
-    hashes = []
-    for t in range(TABLES):
-        shift = np.uint64(SUB_BITS * t)
-        sub = (full >> shift) & np.uint64(0xFFFF)
-        cols.append(np.uint64(t << SUB_BITS) | sub)
-        hashes.append(full)
-        for b in range(SUB_BITS):
-            cols.append(np.uint64(t << SUB_BITS) | (sub ^ np.uint64(1 << b)))
-            hashes.append(full)
-        for w in range(win.shape[1]):
-            cols.append(np.uint64(t << SUB_BITS) | ((win[:, w] >> shift) & np.uint64(0xFFFF)))
-            hashes.append(win[:, w] | np.uint64(0))
-    keys = np.stack(cols, axis=1)
-    h = np.stack(hashes, axis=1)
-    is_full = np.zeros(keys.shape[1], dtype=bool)
-    is_full[[t * 27 + j for t in range(TABLES) for j in range(17)]] = True
-    # an entry is (key, hash, is full): drop repeats within a row, as index_entries' set does
-    mixed = keys * np.uint64(0x9E3779B97F4A7C15) ^ h ^ np.where(is_full, np.uint64(1), np.uint64(0))[None, :]
-    order = np.sort(mixed, axis=1)
-    distinct = np.ones_like(order, dtype=bool)
-    distinct[:, 1:] = order[:, 1:] != order[:, :-1]
-    return keys, distinct.sum(axis=1)
-
-
-def check_index_keys(full: np.ndarray, win: np.ndarray) -> None:
-    from curation.dedup.index import index_entries
-
-    keys, counts = index_keys_np(full, win)
-    for i in range(len(full)):
-        ref = index_entries((int(full[i]), *map(int, win[i])))
-        assert sorted({int(k) for k in keys[i]}) == sorted({k for k, _h, _f in ref}), i
-        assert counts[i] == len(ref), (i, counts[i], len(ref))
-
-
 def bucket_cost(sizes: np.ndarray, max_bucket: int) -> int:
     """Popcounts `curation.dedup.index.window_pairs` computes for keys of these sizes: all pairs of a key of
     at most max_bucket entries, each entry against the next max_bucket - 1 in a larger one."""
@@ -430,7 +392,6 @@ def key_stats(n: int, seed: int, max_bucket: int) -> dict:
     url_mult = 1
     boiler = np.zeros(len(BOILER), dtype=np.int64)
     hot_seen = False
-    checked = False
     for c in range((n + CHUNK - 1) // CHUNK):
         ch = chunk(n, c, seed, const)
         _, reps = np.unique(ch["url_row"], return_counts=True)
@@ -446,13 +407,11 @@ def key_stats(n: int, seed: int, max_bucket: int) -> dict:
             keep[np.flatnonzero(hot)[0]] = True
             hot_seen = True
         full, win = ch["full"][rec[keep]], ch["win"][rec[keep]]
-        if not checked:
-            check_index_keys(full[:300], win[:300])
-            checked = True
-        keys, distinct = index_keys_np(full, win)
-        entries += int(distinct.sum())
+        # the entries `curate run` files (tests/test_dedup_index.py checks them against index_entries)
+        _row, keys, _h, _full = batch_entries(np.concatenate([full[:, None], win], axis=1))
+        entries += len(keys)
         after_exact += len(full)
-        counts += np.bincount(keys.ravel().astype(np.int64), minlength=4 << 16)
+        counts += np.bincount(keys.astype(np.int64), minlength=4 << 16)
     sizes = counts[counts > 0]
     shards, largest_shard = shard_stats(counts, after_exact)
     hot = hot_rows(n)
