@@ -48,6 +48,10 @@ def _prepare(data: bytes):
     return _STATE["preparer"].prepare(data)
 
 
+def _ready() -> bool:
+    return "preparer" in _STATE
+
+
 class PreparePool:
     """``prepare(data)`` from any thread: the result of `ImagePreparer.prepare` computed in a pool process."""
 
@@ -78,6 +82,13 @@ class PreparePool:
 
     def prepare(self, data: bytes):
         return self.submit(data).result()
+
+    def start(self) -> None:
+        """Start the processes now, without waiting for them. A spawned process imports the image stack
+        (numpy, OpenCV, Pillow: about a second of CPU) before its first image; started while the driver
+        builds and translates the graph, that happens on cores the driver leaves idle, not when the first
+        downloads are already waiting. The executor starts all its processes on the first submit."""
+        self.pool.submit(_ready)
 
     def release(self) -> None:
         with _LOCK:

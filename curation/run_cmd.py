@@ -42,8 +42,12 @@ from shards import fsutil
 # In one process: downloads overlap on the fetch threads, and the multi-processing mode would add a gRPC hop
 # and a pickle per record per stage, 2.7x the CPU and 2x the wall for the same corpus on 2 cores
 # (tests/benchmarks/bench_curation.py prints both). Past a few million rows use a runner that spills: Prism, Flink, Spark, Dask, Dataflow.
+# Without Beam's construction-time type check: it re-parses the pipeline options for every transform and
+# hint (~1,300 times for this graph), 0.6-1.4 s of a 30 s run on 2 cores, and the graph is fixed code that
+# the runs with an explicit --runner (Prism and Dask in the tests) still type-check. Naming the DirectRunner
+# explicitly after `--` keeps the check.
 DEFAULT_RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory",
-                       "--default_sdk_harness_log_level=WARNING"]
+                       "--default_sdk_harness_log_level=WARNING", "--no_pipeline_type_check"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
     # DirectRunner and Prism's loopback workers (same machine); cluster workers write to their own disk,
     # which nobody reads, and the runner's UI shows the same counters (they are Beam metrics too).
     progress_dir = tempfile.mkdtemp(prefix="curate-progress-")
+    if processes and runners.in_one_process(runner_args):
+        # The fetch stage's DoFns share this process's pool (one per settings); started now, its processes
+        # import while the graph is built. `shutdown_all` below ends it whatever happens.
+        prepare_pool.PreparePool(pipeline_cfg.resize, pipeline_cfg.download.max_pixels, processes).start()
     options = PipelineOptions(runner_args)
     printer = _ProgressPrinter(progress_dir, cfg.progress_seconds) if cfg.progress_seconds > 0 else None
     t0 = time.monotonic()

@@ -261,6 +261,15 @@ def test_minhash_matches_datasketch_and_finds_near_captions():
     assert kept == [caps[0], caps[2]] and removed == [caps[1]]
 
 
+def test_minhash_permutations_are_datasketchs():
+    for num_perm, seed in ((64, 1), (128, 3), (256, 2026), (16, 0)):
+        ref_a, ref_b = MinHash(num_perm=num_perm, seed=seed).permutations
+        a, b = minhash.permutations(num_perm, seed)
+        assert a.dtype == b.dtype == np.uint32
+        assert np.array_equal(a, ref_a) and np.array_equal(b, ref_b)
+        assert (a % 2 == 1).all()
+
+
 # ------------------------------------------------------------------------------------------------ decontam
 def test_decontam_by_id_and_image():
     rec = {"uid": "coco:5", "url": None, "rows": {"coco": 1}, "phash": "00000000000000ff",

@@ -9,7 +9,7 @@ from pathlib import Path
 import apache_beam as beam
 
 from curation.config import DedupConfig
-from curation.dedup.captions import CaptionClusterCap, TextUsers, caption_uses, text_band_items
+from curation.dedup.captions import CaptionClusterCap, TextBands, TextUsers, caption_uses
 
 WEB = [{"dataset": "cc3m", "id": "x"}]
 BOILER = "Stock photo of an abstract background."
@@ -82,8 +82,15 @@ def test_hot_boilerplate_caption_is_bounded_and_counted(tmp_path):
     text, count, users = fn.extract_output(fn.merge_accumulators(halves))
     assert (text, count, len(users)) == (BOILER, n, 4)
     key = next(k for k, u in caption_uses(recs[0], cfg) if u[2] == BOILER)
-    bands = list(text_band_items((key, (text, count, users)), cfg))
-    assert len(bands) == cfg.caption_bands and all(len(v[3]) == 4 for _bk, v in bands)
+    # its band entries: one text (with its 4 users) in the payload, one entry per band, whatever the uses
+    fn = TextBands(cfg)
+    fn.start_bundle()
+    own = list(fn.process((key, (text, count, users)), 1, timestamp=0))
+    bands = [o.value.value for o in fn.finish_bundle()]
+    assert own == [(key, (tuple(u for _r, u in users[:3]), users))]      # over the cap on its own
+    [(shard, (texts, rows, keys))] = bands
+    assert shard == 0 and len(texts) == 1 and texts[0][1] == key and len(texts[0][3]) == 4
+    assert len(rows) // 4 == len(keys) // 8 == cfg.caption_bands
 
     kept, drops = _run(recs, cfg, tmp_path)
     allowed = _lowest([r["uid"] for r in recs], cfg.seed, 3)
@@ -95,3 +102,35 @@ def test_hot_boilerplate_caption_is_bounded_and_counted(tmp_path):
     assert len(kept) + len(lost) == n
     # the distinct captions are untouched
     assert all(r["captions"][-1] == _own_caption(int(r["uid"][3:])) for r in kept if int(r["uid"][3:]) % 3 == 0)
+
+
+def test_near_duplicate_texts_form_one_capped_cluster_whatever_the_band_sharding(tmp_path, monkeypatch):
+    """Six distinct but near-identical boilerplate texts, two images each (k = 3): each text alone is under
+    the cap, so only its band buckets shared with the other texts can restrict it. The verdict does not
+    depend on how band entries are split into shards (one shard, then one per ~5 entries)."""
+    from curation.dedup import captions, minhash
+
+    cfg = DedupConfig(max_images_per_caption=3)
+    base = "stock photo of a beautiful abstract blue background with soft bokeh lights and copy space for text"
+    variants = [f"{base} {w}" for w in ("one", "two", "six", "ten", "red", "tan")]
+    sigs = minhash.signatures(variants, num_perm=cfg.caption_num_perm, seed=cfg.seed, ngram=cfg.caption_ngram)
+    assert min(minhash.jaccard(sigs[0], s) for s in sigs[1:]) >= cfg.caption_threshold   # near-duplicates
+    recs = [{"uid": f"v{i}{j}", "url": None, "rows": {"cc3m": 1}, "qa": [], "sources": WEB,
+             "captions": [v] + ([_own_caption(i)] if j == 0 else [])}
+            for i, v in enumerate(variants) for j in range(2)]
+    outcomes = []
+    for per_shard in (captions.BAND_ENTRIES_PER_SHARD, 5):
+        monkeypatch.setattr(captions, "BAND_ENTRIES_PER_SHARD", per_shard)
+        (tmp_path / str(per_shard)).mkdir()
+        kept, drops = _run(recs, cfg, tmp_path / str(per_shard))
+        keeping = {r["uid"] for r in kept if r["captions"][0] in variants}
+        assert _lowest([r["uid"] for r in recs], cfg.seed, 3) <= keeping      # the cluster's k lowest keep it
+        assert len(keeping) < len(recs) // 2      # the cluster is capped although no text alone is over k
+        caption_drops = [e for e in drops if e["kind"] == "caption"]
+        assert len(caption_drops) == len(recs) - len(keeping)
+        # images with their own caption keep it; the others, left with nothing, are dropped as records
+        assert all(r["captions"][-1] == _own_caption(int(r["uid"][1])) for r in kept if r["uid"].endswith("0"))
+        assert {e["uid"] for e in drops if e["kind"] == "record"} == {r["uid"] for r in recs
+                                                                       if r["uid"].endswith("1")} - keeping
+        outcomes.append((sorted(keeping), sorted(json.dumps(e, sort_keys=True) for e in drops)))
+    assert outcomes[0] == outcomes[1]

@@ -14,44 +14,58 @@
     1. exact collapse first: each capped caption is keyed by its normalised text (`caption_key`) and a
        combiner (`TextUsers`, lifted before the shuffle) keeps per distinct text only the k + 1 images of
        lowest rank and an occurrence count: one text of 1.5M rows is one accumulator of k + 1 uids;
-    2. each distinct text gets its MinHash signature once and files it under ``caption_bands`` LSH band
-       keys; a band bucket holds one entry per distinct *text* (with its k + 1 uids), and is split greedily
-       into clusters around leaders (verified Jaccard >= threshold, so a chance band collision does not join
-       unrelated captions). A cluster's allowed images are its k of lowest rank (they are among its texts'
-       own k lowest, so k + 1 per text is enough, and the (k + 1)-th tells whether the cluster is over the
-       cap). Each bucket yields one verdict per text: every image allowed, or only these (at most k);
-    3. per text, its verdicts (one per band) are intersected (a caption over the cap in any of its buckets
-       is over the cap, as a flag from any bucket dropped it before) and turned into "keep" messages
-       (uid, text key): at most k + 1 per text;
+    2. each distinct text gets its MinHash signature once (`TextBands`, a batch of texts at a time) and
+       ``caption_bands`` LSH band keys. Its own verdict comes first: all its images, or its k of lowest
+       rank when it alone captions more than k. Its band entries (one per band) go, batched, to band
+       shards (S from the number of distinct texts, about ``BAND_ENTRIES_PER_SHARD`` entries each: one
+       element per shard per batch, not one per band per text); a shard sorts its keys, and only a key
+       shared by two or more texts is a bucket worth looking at (`shard_verdicts`). Such a bucket is split
+       greedily into clusters around leaders (verified Jaccard >= threshold, so a chance band collision
+       does not join unrelated captions). A cluster's allowed images are its k of lowest rank (they are
+       among its texts' own k lowest, so k + 1 per text is enough, and the (k + 1)-th tells whether the
+       cluster is over the cap); a cluster over the cap restricts each of its texts to those images;
+    3. per text, its own verdict and the restrictions of its buckets are intersected (a caption over the
+       cap in any of its buckets is over the cap) and turned into "keep" messages (uid, text key): at most
+       k + 1 per text;
     4. per record (by uid): a capped caption is kept iff its keep message arrived; every other one is
        dropped with a counted event, so the funnel stays exact without any list of the dropped images.
 
 Memory per worker at 150M rows: (a) one record's captions (signatures are k x num_perm, compared against
 the kept ones only, never an n x n x num_perm array); (b) one accumulator of k + 1 uids per distinct
-caption text it sees, one band bucket of distinct texts (each k + 1 uids and a 256-byte signature), the
-<= ``caption_bands`` verdicts of one text, one record with its keep messages (<= its captions). What still
-grows faster than N: a band bucket's distinct texts when very many *different* texts share a band (templated
-boilerplate with small variations, "image may contain: 1 person" ... "image may contain: 9 people"); the
-leader split is then (texts x leaders) signature comparisons, vectorised over leaders. Identical boilerplate,
-however many rows carry it, is one entry.
+caption text it sees, one batch of ``TEXT_BATCH`` texts, one band shard (about ``BAND_ENTRIES_PER_SHARD``
+entries of 12 bytes and the texts they refer to, each k + 1 uids and a 256-byte signature: ~50 MB), the
+verdicts of one text (its own and at most one per band), one record with its keep messages (<= its
+captions). What still grows faster than N: a bucket's distinct texts when very many *different* texts share
+a band (templated boilerplate with small variations, "image may contain: 1 person" ... "image may contain:
+9 people"); the leader split is then (texts x leaders) signature comparisons, vectorised over leaders.
+Identical boilerplate, however many rows carry it, is one entry.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import typing
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from curation.config import DedupConfig
-from curation.dedup.minhash import band_keys, drop_near_duplicate_captions, normalise_caption, signatures
+from curation.dedup.minhash import drop_near_duplicate_captions, normalise_caption, signatures
 from curation.funnel import DROPPED, caption_event, record_event
 
 # Beam metrics (max and mean): uses of each distinct caption text, distinct texts per band bucket.
 _TEXT_USES = Metrics.distribution("dedup", "caption_text_uses")
 _BUCKET_TEXTS = Metrics.distribution("dedup", "caption_bucket_texts")
+
+# Band entries per band shard. A text's (first rank, key, 256-byte signature, k + 1 users: ~0.5 kB) travels
+# with its entries, once per shard they reach (up to ``caption_bands`` shards at scale): ~16 entries per text,
+# so ~30k texts' worth (~15 MB) plus 12 bytes per entry per shard.
+BAND_ENTRIES_PER_SHARD = 500_000
+TEXT_BATCH = 4096               # texts whose signatures and band keys are computed in one vectorised pass
 
 
 def dedupe_record_captions(record: dict, cfg: DedupConfig) -> tuple[dict | None, list[dict]]:
@@ -123,26 +137,119 @@ class TextUsers(beam.CombineFn):
 
 
 # ------------------------------------------------------------------------------- 2. band buckets
-def text_band_items(item, cfg: DedupConfig):
-    """(caption key, (caption, occurrences, users)) -> (band key, (first rank, caption key, signature bytes,
-    users)) per band: the signature is computed once per distinct text."""
-    key, (caption, n, users) = item
-    _TEXT_USES.update(n)
-    sig = signatures([caption], num_perm=cfg.caption_num_perm, seed=cfg.seed, ngram=cfg.caption_ngram)[0]
-    raw = sig.tobytes()
-    for bk in band_keys(sig, cfg.caption_bands):
-        yield bk, (users[0][0], key, raw, users)
+def band_hashes(sigs: np.ndarray, num_bands: int) -> np.ndarray:
+    """[texts, num_perm] uint32 signatures -> [texts, num_bands] uint64 band keys: each band's rows folded
+    with the band's index through splitmix64's finaliser. Two texts share a key when their rows in that band
+    are equal (or, about once in 2^64, by chance: a bucket's members are verified before they are joined)."""
+    n, num_perm = sigs.shape
+    rows = num_perm // num_bands
+    v = sigs[:, :rows * num_bands].reshape(n, num_bands, rows).astype(np.uint64)
+    h = np.tile(np.arange(num_bands, dtype=np.uint64), (n, 1))
+    with np.errstate(over="ignore"):
+        for r in range(rows):
+            h = _mix64(h ^ v[:, :, r] + np.uint64(0x9E3779B97F4A7C15))
+    return h
 
 
-def bucket_verdicts(item, cfg: DedupConfig):
-    """One band bucket of distinct texts -> (caption key, (allowed uids or None for all, users)) per text."""
-    _bk, members = item
+def _mix64(x: np.ndarray) -> np.ndarray:
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def band_shards(texts: int, cfg: DedupConfig) -> int:
+    """Band shards for ``texts`` distinct texts: about ``BAND_ENTRIES_PER_SHARD`` band entries each."""
+    return max(1, math.ceil(texts * cfg.caption_bands / BAND_ENTRIES_PER_SHARD))
+
+
+def own_verdict(users: tuple, k: int) -> tuple | None:
+    """The verdict a text's users alone give: all of them (None), or its k of lowest rank."""
+    return None if len(users) <= k else tuple(u for _r, u in users[:k])
+
+
+class TextBands(beam.DoFn):
+    """(caption key, (caption, occurrences, users)) -> its own verdict (caption key, (allowed or None,
+    users)), once per text; and, per batch of up to ``batch`` texts, one (band shard, payload) per shard its
+    band entries go to. Signatures and band keys of a batch are computed in one vectorised pass; a payload
+    is plain data: (texts [(first rank, caption key, signature bytes, users)], row int32 bytes, band key
+    uint64 bytes). Memory: one batch of texts."""
+
+    BANDS = "bands"
+
+    def __init__(self, cfg: DedupConfig, batch: int = TEXT_BATCH):
+        self.cfg, self.batch = cfg, batch
+
+    def start_bundle(self):
+        self._items, self._shards, self._timestamp = [], 1, None
+
+    def process(self, item, shards, timestamp=beam.DoFn.TimestampParam):
+        key, (_caption, n, users) = item
+        _TEXT_USES.update(n)
+        self._items.append(item)
+        self._shards, self._timestamp = shards, timestamp
+        yield key, (own_verdict(users, self.cfg.max_images_per_caption), users)
+        if len(self._items) >= self.batch:
+            for shard_payload in self._flush():
+                yield beam.pvalue.TaggedOutput(self.BANDS, shard_payload)
+
+    def finish_bundle(self):
+        # Emitted as windowed values: no element is being processed here (`curate run` windows nothing).
+        for shard_payload in self._flush():
+            yield beam.pvalue.TaggedOutput(
+                self.BANDS, WindowedValue(shard_payload, self._timestamp, (GlobalWindow(),)))
+
+    def _flush(self):
+        items, self._items = self._items, []
+        if not items:
+            return []
+        cfg = self.cfg
+        sigs = signatures([c for _k, (c, _n, _u) in items], num_perm=cfg.caption_num_perm, seed=cfg.seed,
+                          ngram=cfg.caption_ngram)
+        keys = band_hashes(sigs, cfg.caption_bands).reshape(-1)
+        rows = np.repeat(np.arange(len(items), dtype=np.int32), cfg.caption_bands)
+        shard = (keys % np.uint64(self._shards)).astype(np.int64)
+        order = np.argsort(shard, kind="stable")
+        keys, rows, shard = keys[order], rows[order], shard[order]
+        cuts = np.flatnonzero(np.diff(shard)) + 1
+        out = []
+        for s, e in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(shard)]])):
+            used, local = np.unique(rows[s:e], return_inverse=True)
+            texts = [(items[i][1][2][0][0], items[i][0], sigs[i].tobytes(), items[i][1][2]) for i in used.tolist()]
+            out.append((int(shard[s]), (texts, local.astype(np.int32).tobytes(), keys[s:e].tobytes())))
+        return out
+
+
+def shard_verdicts(item, cfg: DedupConfig):
+    """One band shard -> (caption key, (allowed uids, users)) for each text that a bucket of two or more
+    texts restricts. A bucket holding one text says nothing its own verdict does not: only shared keys are
+    looked at, found by one sort of the shard's band keys."""
+    _shard, payloads = item
+    texts: list = []
+    rows, keys = [], []
+    for payload_texts, row_bytes, key_bytes in payloads:
+        rows.append(np.frombuffer(row_bytes, dtype=np.int32).astype(np.int64) + len(texts))
+        keys.append(np.frombuffer(key_bytes, dtype=np.uint64))
+        texts.extend(payload_texts)
+    if not texts:
+        return
+    key, row = np.concatenate(keys), np.concatenate(rows)
+    order = np.argsort(key, kind="stable")
+    key, row = key[order], row[order]
+    starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+    ends = np.concatenate([starts[1:], [len(key)]])
+    for s, e in zip(starts[ends - starts > 1].tolist(), ends[ends - starts > 1].tolist()):
+        members = list({texts[i][1]: texts[i] for i in row[s:e].tolist()}.values())
+        if len(members) > 1:
+            yield from bucket_verdicts(members, cfg)
+
+
+def bucket_verdicts(members: list, cfg: DedupConfig):
+    """The distinct texts of one band bucket -> (caption key, (allowed uids, users)) for each text whose
+    cluster in this bucket is over the cap (the others are not restricted by it)."""
     members = sorted(members, key=lambda m: (m[0], m[1]))
     _BUCKET_TEXTS.update(len(members))
     k = cfg.max_images_per_caption
     if len({u for m in members for _r, u in m[3]}) <= k:
-        for m in members:
-            yield m[1], (None, m[3])
         return
     # Leaders in rank order; a text joins the first leader it verifies against (vectorised over leaders).
     # The leaders' signatures live in one array grown by doubling (not re-stacked per member).
@@ -163,8 +270,6 @@ def bucket_verdicts(item, cfg: DedupConfig):
     for cluster in clusters:
         users = sorted({ru for m in cluster for ru in m[3]})
         if len(users) <= k:
-            for m in cluster:
-                yield m[1], (None, m[3])
             continue
         allowed = {u for _r, u in users[:k]}
         for m in cluster:
@@ -173,8 +278,9 @@ def bucket_verdicts(item, cfg: DedupConfig):
 
 # ------------------------------------------------------------------------------- 3. keep messages
 def keep_messages(item):
-    """(caption key, its verdicts from every band bucket) -> (uid, caption key) for each image allowed to
-    keep it: the intersection of the verdicts (None: all of its images, then at most k of them)."""
+    """(caption key, its verdicts: its own, and one from each bucket whose cluster restricts it) -> (uid,
+    caption key) for each image allowed to keep it: the intersection of the verdicts (None: all of its
+    images; else at most k of them)."""
     key, verdicts = item
     allowed = None
     users = ()
@@ -228,12 +334,17 @@ class CaptionClusterCap(beam.PTransform):
 
     def expand(self, records):
         cfg = self.cfg
-        keeps = (records
+        texts = (records
                  | "CaptionUses" >> beam.FlatMap(caption_uses, cfg)
-                 | "CollapseTexts" >> beam.CombinePerKey(TextUsers(cfg.max_images_per_caption + 1))
-                 | "TextBands" >> beam.FlatMap(text_band_items, cfg)
-                 | "GroupByCaptionBand" >> beam.GroupByKey()
-                 | "BucketVerdicts" >> beam.FlatMap(bucket_verdicts, cfg)
+                 | "CollapseTexts" >> beam.CombinePerKey(TextUsers(cfg.max_images_per_caption + 1)))
+        shards = (texts | "CountTexts" >> beam.combiners.Count.Globally()
+                  | "BandShards" >> beam.Map(band_shards, cfg))
+        own = (texts | "TextBands" >> beam.ParDo(TextBands(cfg), beam.pvalue.AsSingleton(shards))
+               .with_outputs(TextBands.BANDS, main="own"))
+        restricted = (own[TextBands.BANDS]
+                      | "GroupByBandShard" >> beam.GroupByKey()
+                      | "BucketVerdicts" >> beam.FlatMap(shard_verdicts, cfg))
+        keeps = ((own.own, restricted) | "AllVerdicts" >> beam.Flatten()
                  | "VerdictsPerText" >> beam.GroupByKey()
                  | "KeepMessages" >> beam.FlatMap(keep_messages))
         out = ({"rec": records | "KeyByUidCap" >> beam.Map(lambda r: (r["uid"], r)), "keep": keeps}

@@ -29,7 +29,8 @@ Near (`NearDupImages`), on metadata:
    image merges only into a centre it is itself within the thresholds of; the run fails with a clear
    message (`NotConverged`) when a node is still undecided after the last round;
 5. every member is routed to its centre, counted as dropped ``merged_near_duplicate`` (its rows are
-   accounted there), and folded into it by the same bounded combiner as exact dedup;
+   accounted there), and folded into it by the same bounded combiner as exact dedup; an image in no
+   cluster (most of them) goes through the same combiner on its own, where it is, without the shuffle;
 6. with ``example_clusters`` > 0, the combiner also keeps the ``MAX_MEMBERS`` members closest to the
    centre (with their images) so a bounded, deterministic sample of merged clusters is written with
    thumbnails to ``examples_path`` (see `curation.dedup.examples`).
@@ -61,6 +62,7 @@ from curation.dedup.signature import Thresholds, hashes64, match
 from curation.funnel import DROPPED, Progress, record_event
 
 EXAMPLE = "example"
+SINGLE = "single"           # an image in no near-duplicate cluster, folded on its own
 LEDGER = "ledger"
 # Records whose index entries are computed and sent together: at least this many, and as many as there are
 # index shards up to the maximum, so that a batch sends at most about one element per record (a batch
@@ -281,14 +283,21 @@ def _fail_if_undecided(result, rounds: int):
     return n
 
 
-def _route(item, progress_dir=None):
+def _route(item, fold: MergeSamples, progress_dir=None):
+    """(uid, {rec, to: its centre if it is a member, centre: how many members it has}) -> the member routed
+    to its centre (and its drop event), a centre routed to itself, or an image in no cluster folded here
+    on its own (SINGLE): most images are in none, and this spares them the cluster shuffle."""
     uid, grouped = item
     recs, to = list(grouped["rec"]), list(grouped["to"])
     if not recs:
         return
     rec = recs[0]
     if not to:
-        yield uid, (rec, None)
+        if any(grouped["centre"]):
+            yield uid, (rec, None)
+        else:   # the same combiner on one input: the same limits (captions, QA, URLs) as a cluster's
+            acc = fold.add_input(fold.create_accumulator(), (rec, None))
+            yield beam.pvalue.TaggedOutput(SINGLE, (uid, fold.extract_output(acc)))
         return
     (centre_q, centre_phash) = to[0]
     target = centre_q[-1]
@@ -353,13 +362,18 @@ class NearDupImages(beam.PTransform):
                      | "FailIfUndecided" >> beam.Map(_fail_if_undecided, self.rounds))
         members = states | "Members" >> beam.FlatMap(
             lambda kv: [(kv[0], kv[1]["centre"])] if kv[1]["decision"] == centres.MEMBER else [])
-        routed = ({"rec": records | "KeyByUid" >> beam.Map(lambda r: (r["uid"], _metadata(r))), "to": members}
-                  | "JoinCentres" >> beam.CoGroupByKey()
-                  | "Route" >> beam.FlatMap(_route, self.progress_dir).with_output_types(typing.Any)
-                  .with_outputs(DROPPED, main="routed"))
         with_examples = self.example_clusters > 0
-        merged = (routed.routed
-                  | "FoldClusters" >> beam.CombinePerKey(MergeSamples(self.limits, with_examples))
+        fold = MergeSamples(self.limits, with_examples)
+        # a centre's member count (combined before the shuffle: one element per centre, whatever its size)
+        centres_of = (members | "MemberCentre" >> beam.Map(lambda kv: kv[1][0][-1])
+                      | "CountMembers" >> beam.combiners.Count.PerElement())
+        routed = ({"rec": records | "KeyByUid" >> beam.Map(lambda r: (r["uid"], _metadata(r))), "to": members,
+                   "centre": centres_of}
+                  | "JoinCentres" >> beam.CoGroupByKey()
+                  | "Route" >> beam.FlatMap(_route, fold, self.progress_dir).with_output_types(typing.Any)
+                  .with_outputs(DROPPED, SINGLE, main="routed"))
+        folded = routed.routed | "FoldClusters" >> beam.CombinePerKey(fold)
+        merged = ((folded, routed[SINGLE]) | "AllFolded" >> beam.Flatten()
                   | "SplitClusters" >> beam.FlatMap(_split_merged, "dedup_image", with_examples)
                   .with_outputs(LEDGER, EXAMPLE, main="merged"))
         if with_examples:

@@ -12,7 +12,6 @@ hashes (a test checks it), so its Jaccard estimates and LSH tooling apply unchan
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 
 import numpy as np
@@ -29,12 +28,14 @@ def normalise_caption(text: str) -> str:
 
 @functools.lru_cache(maxsize=8)
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    # datasketch (and the scipy it pulls in) is imported where used: every Beam worker and the driver import
-    # this module with the pipeline, and only the workers that compute signatures need it.
-    from datasketch import MinHash
-
-    a, b = MinHash(num_perm=num_perm, seed=seed).permutations   # affine32: uint32 arrays
-    return a.astype(np.uint32), b.astype(np.uint32)
+    """``datasketch.MinHash(num_perm=num_perm, seed=seed).permutations`` (scheme affine32: ``a`` odd, both
+    uint32), drawn here the way datasketch draws them. Importing datasketch imports scipy.integrate, about
+    a second in every process that computes a caption signature, for two arrays of random integers;
+    tests/test_curation_units.py checks that these equal datasketch's for several seeds and sizes."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
@@ -91,12 +92,6 @@ def to_datasketch(sig: np.ndarray, seed: int):
 
 def jaccard(s1: np.ndarray, s2: np.ndarray) -> float:
     return float(np.mean(s1 == s2))
-
-
-def band_keys(sig: np.ndarray, num_bands: int) -> list[str]:
-    rows = len(sig) // num_bands
-    return [f"{i}:" + hashlib.blake2b(sig[i * rows:(i + 1) * rows].tobytes(), digest_size=8).hexdigest()
-            for i in range(num_bands)]
 
 
 def drop_near_duplicate_captions(captions: list[str], *, num_perm: int, seed: int, ngram: int,
