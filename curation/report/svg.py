@@ -191,7 +191,7 @@ def hbars(labels: Sequence[str], series: Sequence[Series], *, xlabel: str = "", 
     ticks = [t for t in ticks if t <= xhi]
     label_w = min(200.0, max((_width(str(s)) for s in labels), default=0) + 4)
     legend = k > 1
-    left, right, top, bottom = 8 + label_w + 6, 20, 8, 44 + (20 if legend else 0)
+    left, right, top, bottom = 8 + label_w + 6, 24, 8, 44 + (20 if legend else 0)
     pw, ph = width - left - right, n * row_height
     height = int(top + ph + bottom)
     X = lambda x: left + x / xhi * pw  # noqa: E731
