@@ -19,7 +19,7 @@ from . import svg
 from .svg import Series
 
 BLUE, ORANGE, GREEN, RED, GREY = "#3b6ea8", "#e08a2e", "#4a9a5b", "#c2483d", "#8a8a8a"
-MAX_SHARD_BARS = 600    # about one bar per pixel column of a 640 px chart
+MAX_SHARD_BARS = 500    # about one bar per pixel column of a 560 px chart
 
 
 def _int_hist(counts: dict[str, int], *, max_bins: int = 40) -> tuple[np.ndarray, np.ndarray]:

@@ -92,7 +92,7 @@ def _axis_label(x: float, y: float, text: str, max_px: float, rotate: bool = Fal
 def vbars(spans: Sequence[tuple[float, float]], series: Sequence[Series], *, xrange: tuple[float, float],
           xticks: Sequence[tuple[float, str]] | None = None, xlabel: str = "", ylabel: str = "",
           log_y: bool = False, marker: tuple[float, str] | None = None, rotate_labels: bool = False,
-          outline: bool = False, x_min_step: float = 0, width: int = 640, height: int = 320) -> bytes:
+          outline: bool = False, x_min_step: float = 0, width: int = 560, height: int = 300) -> bytes:
     """Vertical bars: bar i of every series spans data x ``spans[i]``; later series are drawn over earlier.
 
     ``xticks`` are (x, label) pairs, default nice numbers over ``xrange`` in steps of at least
@@ -180,11 +180,12 @@ def histogram(edges: Sequence[float], values: Sequence[float], *, color: str, **
 
 def hbars(labels: Sequence[str], series: Sequence[Series], *, xlabel: str = "", stacked: bool = False,
           bar_colors: Sequence[str] | None = None, end_labels: Sequence[str] | None = None,
-          xmax: float | None = None, row_height: float = 20, width: int = 640) -> bytes:
+          xmax: float | None = None, row_height: float = 20, width: int = 560) -> bytes:
     """Labelled horizontal bars, first row on top: several series side by side in each row, or ``stacked``
     end to end; ``bar_colors`` colours each row of a single series; ``end_labels`` are written after each
     row's bar; ``xmax`` fixes the x axis end (room for those labels). The height follows the row count."""
     n, k = len(labels), len(series)
+    row_height = max(row_height, 72 / max(n, 1))    # a one-row chart is not a sliver
     totals = [sum(s.values[i] for s in series) if stacked else max(s.values[i] for s in series) for i in range(n)]
     ticks, step = nice_ticks(0, xmax or max(totals, default=0) or 1)
     xhi = xmax or ticks[-1]
