@@ -1,8 +1,9 @@
-"""report.html in headless Chromium: loads without errors, every plot and thumbnail has pixels,
+"""report.html in headless Chromium: loads without errors, every plot (an SVG image) and thumbnail has pixels,
 nothing is fetched from the network."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -109,7 +110,8 @@ def test_img2dataset_report_loads_with_sections_not_available(tmp_path):
 def test_probe_catches_a_broken_image(tmp_path):
     page = tmp_path / "bad.html"
     page.write_text('<!DOCTYPE html><html><head><title>t</title></head><body>'
-                    '<figure class="plot"><img alt="broken" src="data:image/png;base64,iVBORw0KGgo="></figure>'
+                    '<figure class="plot"><img alt="broken" src="data:image/svg+xml;base64,'
+                    + base64.b64encode(b'<svg xmlns="http://www.w3.org/2000/svg" width="640"').decode() + '"></figure>'
                     '</body></html>')
     verdict = check_page(page)
     assert verdict["broken"] == ["broken"] and verdict["plots_without_image"] == 1 and verdict["errors"]

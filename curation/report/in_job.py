@@ -24,7 +24,7 @@ What one worker holds and what crosses the shuffle, at 150M rows in ~15k shards 
   repeated) folds the exact counts; lifted, it merges one small summary per bundle. Without combiner lifting
   (a runner that does not lift) one worker would stream every key of a counter through that summary: memory
   still bounded, time serial.
-- The final write step holds the merged small parts and four summaries, and renders the page (matplotlib).
+- The final write step holds the merged small parts and four summaries, and renders the page (SVG charts, `plots`).
 """
 
 from __future__ import annotations

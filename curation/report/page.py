@@ -1,6 +1,6 @@
 """report.html: one self-contained page (inline CSS, images as data: URIs, no script, no network).
 
-Built from stats.json, the PNG charts of `plots` and the thumbnails of `corpus_stats`; every number on
+Built from stats.json, the SVG charts of `plots` and the thumbnails of `corpus_stats`; every number on
 the page is read from the stats document, so the JSON twin always holds what the page shows.
 """
 
@@ -88,19 +88,21 @@ def data_uri(data: bytes, mime: str) -> str:
 
 
 class Page:
-    def __init__(self, stats: dict[str, Any], thumbnails: dict[str, bytes], pngs: dict[str, bytes]):
+    def __init__(self, stats: dict[str, Any], thumbnails: dict[str, bytes], charts: dict[str, bytes]):
         self.s = stats
         self.thumbs = thumbnails
-        self.pngs = pngs
+        self.charts = charts
         self.titles = {pid: title for pid, title, _ in plots_mod.PLOTS}
 
     def plot(self, pid: str, caption: str = "") -> str:
-        png = self.pngs.get(pid)
-        if png is None:
+        chart = self.charts.get(pid)
+        if chart is None:
             return ""
         cap = f"<figcaption>{e(caption)}</figcaption>" if caption else ""
+        # An <img>, never inline <svg>: an image document runs no script and loads nothing, whatever the
+        # caption words in its labels.
         return (f'<figure class="plot" id="plot-{pid}"><img alt="{e(self.titles[pid])}" '
-                f'src="{data_uri(png, "image/png")}">{cap}</figure>')
+                f'src="{data_uri(chart, "image/svg+xml")}">{cap}</figure>')
 
     def thumb(self, key: str) -> str:
         data = self.thumbs.get(key)
@@ -351,7 +353,7 @@ class Page:
                 f"<nav>{nav}</nav><main>{''.join(parts)}</main></body></html>")
 
 
-def render_html(stats: dict[str, Any], thumbnails: dict[str, bytes], pngs: dict[str, bytes] | None = None) -> str:
-    pngs = plots_mod.render_all(stats) if pngs is None else pngs
+def render_html(stats: dict[str, Any], thumbnails: dict[str, bytes], charts: dict[str, bytes] | None = None) -> str:
+    charts = plots_mod.render_all(stats) if charts is None else charts
     # Round-trip through JSON first: the page must be renderable from stats.json alone.
-    return Page(json.loads(json.dumps(stats)), thumbnails, pngs).render()
+    return Page(json.loads(json.dumps(stats)), thumbnails, charts).render()

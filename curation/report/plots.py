@@ -1,36 +1,25 @@
-"""The report's charts, each drawn from stats.json alone and returned as PNG bytes.
+"""The report's charts, each drawn from stats.json alone and returned as SVG bytes (`svg`).
 
 Every function takes the whole stats document and returns None when its section is not available,
-so the page and the JSON can never disagree about what was measured.
+so the page and the JSON can never disagree about what was measured. A chart's size is bounded by the
+stats it draws from: at most 40 histogram bins, 25 top words, one row per source, funnel stage or eval set,
+and `MAX_SHARD_BARS` bars for the per-shard charts (beyond that each bar shows the smallest and the
+largest of a run of consecutive shards), so nothing here grows with the corpus beyond what stats.json holds.
 """
 
 from __future__ import annotations
 
-import io
+import math
 from collections.abc import Callable
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")   # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from . import svg
+from .svg import Series
 
 BLUE, ORANGE, GREEN, RED, GREY = "#3b6ea8", "#e08a2e", "#4a9a5b", "#c2483d", "#8a8a8a"
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _fig(w: float = 6.4, h: float = 3.2):
-    fig, ax = plt.subplots(figsize=(w, h))
-    ax.spines[["top", "right"]].set_visible(False)
-    ax.grid(axis="y", alpha=0.3)
-    return fig, ax
+MAX_SHARD_BARS = 500    # about one bar per pixel column of a 560 px chart
 
 
 def _int_hist(counts: dict[str, int], *, max_bins: int = 40) -> tuple[np.ndarray, np.ndarray]:
@@ -51,17 +40,10 @@ def sources(stats: dict[str, Any]) -> bytes | None:
     if not sec["available"]:
         return None
     names = list(sec["per_source"])
-    fig, ax = _fig(6.4, 0.5 + 0.45 * max(3, len(names)) * 1.5)
-    y = np.arange(len(names))
-    for i, (field, color) in enumerate((("images", BLUE), ("pairs", ORANGE), ("qa_pairs", GREEN))):
-        vals = [sec["per_source"][n][field] for n in names]
-        ax.barh(y + (i - 1) * 0.27, vals, height=0.27, color=color, label=field.replace("_", " "))
-    ax.set_yticks(y, names)
-    ax.invert_yaxis()
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
-    ax.set_xlabel("count (an image merged from several sources counts under each)")
-    return _png(fig)
+    series = [Series(field.replace("_", " "), [sec["per_source"][n][field] for n in names], color)
+              for field, color in (("images", BLUE), ("pairs", ORANGE), ("qa_pairs", GREEN))]
+    return svg.hbars(names, series, row_height=48 if len(names) >= 3 else 64,
+                     xlabel="count (an image merged from several sources counts under each)")
 
 
 def funnel(stats: dict[str, Any]) -> bytes | None:
@@ -76,41 +58,25 @@ def funnel(stats: dict[str, Any]) -> bytes | None:
         d = sum(st["dropped"].values())
         dropped.append(d)
         remaining.append(st["kept"] if st["kept"] else remaining[-1] - d)
-    fig, ax = _fig(6.4, 0.8 + 0.42 * len(labels))
-    y = np.arange(len(labels))
-    ax.barh(y, remaining, color=BLUE, label="remaining")
-    ax.barh(y, dropped, left=remaining, color=RED, alpha=0.75, label="dropped at this stage")
-    for yi, r, d in zip(y, remaining, dropped):
-        ax.text(r + d, yi, f"  {r:,}" + (f"  (-{d:,})" if d else ""), va="center", fontsize=8)
-    ax.set_yticks(y, labels)
-    ax.invert_yaxis()
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_xlim(0, max(remaining[0], max(r + d for r, d in zip(remaining, dropped))) * 1.3)
-    ax.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14 - 0.1 / len(labels)), ncol=2)
-    ax.set_xlabel("rows (all sources)")
-    return _png(fig)
+    ends = [f"  {r:,}" + (f"  (-{d:,})" if d else "") for r, d in zip(remaining, dropped)]
+    xmax = max(remaining[0], max(r + d for r, d in zip(remaining, dropped))) * 1.3 or 1
+    return svg.hbars(labels, [Series("remaining", remaining, BLUE),
+                              Series("dropped at this stage", dropped, RED, 0.75)],
+                     stacked=True, end_labels=ends, xmax=xmax, row_height=30, xlabel="rows (all sources)")
 
 
 def _bar_hist(counts: dict[str, int], xlabel: str, color: str = BLUE, *, vline: float | None = None,
               vlabel: str = "") -> bytes | None:
     if not counts:
         return None
-    fig, ax = _fig()
     if len(counts) <= 24 and vline is None:
         # Few distinct values (resized corpora): one labelled bar per value reads better than bins.
         items = sorted((int(k), v) for k, v in counts.items())
-        ax.bar(range(len(items)), [v for _, v in items], color=color)
-        ax.set_xticks(range(len(items)), [str(k) for k, _ in items], fontsize=8,
-                      rotation=45 if len(items) > 12 else 0)
-    else:
-        hist, edges = _int_hist(counts)
-        ax.bar(edges[:-1], hist, width=np.diff(edges), align="edge", color=color, edgecolor="white", linewidth=0.4)
-    if vline is not None:
-        ax.axvline(vline, color=RED, linestyle="--", linewidth=1)
-        ax.text(vline, ax.get_ylim()[1] * 0.95, f" {vlabel}", color=RED, fontsize=8, va="top")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("count")
-    return _png(fig)
+        return svg.columns([str(k) for k, _ in items], [v for _, v in items], color=color,
+                           xlabel=xlabel, ylabel="count")
+    hist, edges = _int_hist(counts)
+    return svg.histogram(edges.tolist(), hist.tolist(), color=color, xlabel=xlabel, ylabel="count", x_min_step=1,
+                         marker=None if vline is None else (vline, f" {vlabel}"))
 
 
 def width(stats):
@@ -122,25 +88,20 @@ def height(stats):
 
 
 def _fixed_hist(sec: dict, edges_key: str, xlabel: str, ticks: list[tuple[float, str]], color: str):
-    counts = np.asarray(sec["counts"])
-    if counts.sum() + sec["below"] + sec["above"] == 0:
+    counts = sec["counts"]
+    if sum(counts) + sec["below"] + sec["above"] == 0:
         return None
-    edges = np.asarray(sec[edges_key])
-    fig, ax = _fig()
-    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color=color, edgecolor="white", linewidth=0.4)
-    ax.set_xticks([t for t, _ in ticks], [label for _, label in ticks])
     note = []
     if sec["below"]:
         note.append(f"{sec['below']:,} below range")
     if sec["above"]:
         note.append(f"{sec['above']:,} above range")
-    ax.set_xlabel(xlabel + (f"   [{', '.join(note)}]" if note else ""))
-    ax.set_ylabel("images")
-    return _png(fig)
+    return svg.histogram(sec[edges_key], counts, color=color, xticks=ticks, ylabel="images",
+                         xlabel=xlabel + (f"   [{', '.join(note)}]" if note else ""))
 
 
 def aspect(stats):
-    ticks = [(np.log2(r), label) for r, label in
+    ticks = [(math.log2(r), label) for r, label in
              ((1 / 4, "1:4"), (1 / 2, "1:2"), (3 / 4, "3:4"), (1, "1:1"), (4 / 3, "4:3"), (2, "2:1"), (4, "4:1"))]
     return _fixed_hist(stats["images"]["aspect_ratio"], "log2_edges", "aspect ratio (width:height, log scale)",
                        ticks, GREEN)
@@ -163,17 +124,12 @@ def caption_tokens(stats):
                      vline=sec["max_tokens"] + 0.5, vlabel=f"truncated beyond {sec['max_tokens']}")
 
 
-def _top_bars(rows: list[list], xlabel: str, color: str, n: int = 25) -> bytes | None:
+def _top_bars(rows: list[list], xlabel: str, color: str, n: int = 25, bar_colors: list[str] | None = None):
     rows = rows[:n]
     if not rows:
         return None
-    fig, ax = _fig(6.4, 0.6 + 0.2 * len(rows))
-    ax.barh(np.arange(len(rows)), [r[1] for r in rows], color=color)
-    ax.set_yticks(np.arange(len(rows)), [r[0] for r in rows], fontsize=8)
-    ax.invert_yaxis()
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_xlabel(xlabel)
-    return _png(fig)
+    return svg.hbars([str(r[0]) for r in rows], [Series("", [r[1] for r in rows], color)],
+                     bar_colors=bar_colors, row_height=18 if len(rows) > 6 else 26, xlabel=xlabel)
 
 
 def top_words(stats):
@@ -188,13 +144,12 @@ def cluster_sizes(stats):
     sec = stats["duplicates"]
     if not sec["available"] or not sec["cluster_sizes"]:
         return None
-    sizes = sorted(sec["cluster_sizes"].items(), key=lambda kv: int(kv[0]))
-    fig, ax = _fig()
-    ax.bar([k for k, _ in sizes], [v for _, v in sizes], color=GREEN)
-    ax.set_yscale("log")
-    ax.set_xlabel("source records merged into one image (cluster size)")
-    ax.set_ylabel("images (log)")
-    return _png(fig)
+    sizes = sorted((int(k), v) for k, v in sec["cluster_sizes"].items())
+    lo, hi = sizes[0][0], sizes[-1][0]
+    ticks = [(k, f"{k:,}") for k, _ in sizes] if len(sizes) <= 16 and hi - lo <= 40 else None
+    return svg.vbars([(k - 0.4, k + 0.4) for k, _ in sizes], [Series("", [v for _, v in sizes], GREEN)],
+                     xrange=(lo - 0.6, hi + 0.6), xticks=ticks, x_min_step=1, log_y=True,
+                     xlabel="source records merged into one image (cluster size)", ylabel="images (log)")
 
 
 def decontamination(stats):
@@ -203,27 +158,31 @@ def decontamination(stats):
     flags = sorted(sec.get("flagged_in_samples", {}).items())
     if not sec["available"] or not (rows or flags):
         return None
-    fig, ax = _fig(6.4, 0.8 + 0.4 * (len(rows) + len(flags)))
-    labels = [f"{k} (dropped)" for k, _ in rows] + [f"{k} (flagged, kept)" for k, _ in flags]
-    vals = [v for _, v in rows] + [v for _, v in flags]
-    ax.barh(np.arange(len(vals)), vals, color=[RED] * len(rows) + [ORANGE] * len(flags))
-    ax.set_yticks(np.arange(len(vals)), labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_xlabel("rows matching a held-out eval set")
-    return _png(fig)
+    labels = [[f"{k} (dropped)", v] for k, v in rows] + [[f"{k} (flagged, kept)", v] for k, v in flags]
+    return _top_bars(labels, "rows matching a held-out eval set", RED, n=len(labels),
+                     bar_colors=[RED] * len(rows) + [ORANGE] * len(flags))
 
 
 def _per_shard(stats, field: str, ylabel: str, color: str, scale: float = 1.0):
     rows = stats["shards"]["per_shard"]
     if not rows:
         return None
-    fig, ax = _fig()
-    ax.bar(np.arange(len(rows)), [r[field] / scale for r in rows], width=1.0 if len(rows) > 60 else 0.8,
-           color=color)
-    ax.set_xlabel("shard (in name order)")
-    ax.set_ylabel(ylabel)
-    return _png(fig)
+    n = len(rows)
+    vals = [r[field] / scale for r in rows]
+    xlabel = "shard (in name order)"
+    if n <= MAX_SHARD_BARS:
+        w = 0.5 if n > 60 else 0.4
+        spans = [(i - w, i + w) for i in range(n)]
+        series = [Series("", vals, color)]
+    else:
+        # One bar per run of g shards, the largest lightly under the smallest: an undersized shard still shows.
+        g = math.ceil(n / MAX_SHARD_BARS)
+        runs = [vals[i:i + g] for i in range(0, n, g)]
+        spans = [(i * g - 0.5, min(n, (i + 1) * g) - 0.5) for i in range(len(runs))]
+        series = [Series(f"largest of {g}", [max(r) for r in runs], color, 0.4),
+                  Series(f"smallest of {g}", [min(r) for r in runs], color)]
+        xlabel += f"; each bar: {g} consecutive shards"
+    return svg.vbars(spans, series, xrange=(-0.5, n - 0.5), x_min_step=1, xlabel=xlabel, ylabel=ylabel)
 
 
 def shard_samples(stats):
@@ -267,7 +226,7 @@ PLOTS: list[tuple[str, str, Callable[[dict], bytes | None]]] = [
 def render_all(stats: dict[str, Any]) -> dict[str, bytes]:
     out = {}
     for pid, _, fn in PLOTS:
-        png = fn(stats)
-        if png is not None:
-            out[pid] = png
+        chart = fn(stats)
+        if chart is not None:
+            out[pid] = chart
     return out
