@@ -54,6 +54,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from curation.config import DedupConfig
+from curation.dedup.index import mix64
 from curation.dedup.minhash import drop_near_duplicate_captions, normalise_caption, signatures
 from curation.funnel import DROPPED, caption_event, record_event
 
@@ -139,22 +140,15 @@ class TextUsers(beam.CombineFn):
 # ------------------------------------------------------------------------------- 2. band buckets
 def band_hashes(sigs: np.ndarray, num_bands: int) -> np.ndarray:
     """[texts, num_perm] uint32 signatures -> [texts, num_bands] uint64 band keys: each band's rows folded
-    with the band's index through splitmix64's finaliser. Two texts share a key when their rows in that band
-    are equal (or, about once in 2^64, by chance: a bucket's members are verified before they are joined)."""
+    into the band's index through `index.mix64`. Two texts share a key when their rows in that band are
+    equal (or, about once in 2^64, by chance: a bucket's members are verified before they are joined)."""
     n, num_perm = sigs.shape
     rows = num_perm // num_bands
     v = sigs[:, :rows * num_bands].reshape(n, num_bands, rows).astype(np.uint64)
     h = np.tile(np.arange(num_bands, dtype=np.uint64), (n, 1))
-    with np.errstate(over="ignore"):
-        for r in range(rows):
-            h = _mix64(h ^ v[:, :, r] + np.uint64(0x9E3779B97F4A7C15))
+    for r in range(rows):
+        h = mix64(h ^ v[:, :, r])
     return h
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
 
 
 def band_shards(texts: int, cfg: DedupConfig) -> int:

@@ -87,13 +87,18 @@ def num_shards(rows: int, entries_per_shard: int = ENTRIES_PER_SHARD) -> int:
     return max(1, math.ceil(rows * MAX_ENTRIES / entries_per_shard))
 
 
-def shard_of(keys: np.ndarray, shards: int) -> np.ndarray:
-    """Shard of each key: a fixed 64-bit mix (splitmix64's finaliser) of the key, modulo ``shards``."""
-    x = keys.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 of uint64 values (golden-ratio increment, then its finaliser): a fixed bijection that
+    spreads neighbouring values over all 64 bits."""
+    x = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    x = x ^ (x >> np.uint64(31))
-    return (x % np.uint64(shards)).astype(np.int64)
+    return x ^ (x >> np.uint64(31))
+
+
+def shard_of(keys: np.ndarray, shards: int) -> np.ndarray:
+    """Shard of each key: `mix64` of the key, modulo ``shards``."""
+    return (mix64(keys) % np.uint64(shards)).astype(np.int64)
 
 
 def batch_entries(h64: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
