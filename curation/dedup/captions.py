@@ -54,7 +54,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from curation.config import DedupConfig
-from curation.dedup.index import mix64
+from curation.dedup.index import mix64, split_by_shard
 from curation.dedup.minhash import drop_near_duplicate_captions, normalise_caption, signatures
 from curation.funnel import DROPPED, caption_event, record_event
 
@@ -201,16 +201,15 @@ class TextBands(beam.DoFn):
                           ngram=cfg.caption_ngram)
         keys = band_hashes(sigs, cfg.caption_bands).reshape(-1)
         rows = np.repeat(np.arange(len(items), dtype=np.int32), cfg.caption_bands)
-        shard = (keys % np.uint64(self._shards)).astype(np.int64)
-        order = np.argsort(shard, kind="stable")
-        keys, rows, shard = keys[order], rows[order], shard[order]
-        cuts = np.flatnonzero(np.diff(shard)) + 1
-        out = []
-        for s, e in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(shard)]])):
-            used, local = np.unique(rows[s:e], return_inverse=True)
-            texts = [(items[i][1][2][0][0], items[i][0], sigs[i].tobytes(), items[i][1][2]) for i in used.tolist()]
-            out.append((int(shard[s]), (texts, local.astype(np.int32).tobytes(), keys[s:e].tobytes())))
-        return out
+        shard = (keys % np.uint64(self._shards)).astype(np.int64)      # band keys are mixed already
+        return [(s, ([_bucket_member(items[i], sigs[i]) for i in used], local.tobytes(), k.tobytes()))
+                for s, used, local, (k,) in split_by_shard(shard, rows, keys)]
+
+
+def _bucket_member(item, sig: np.ndarray) -> tuple:
+    """A text as a bucket holds it: (first rank, caption key, signature bytes, users)."""
+    key, (_caption, _n, users) = item
+    return users[0][0], key, sig.tobytes(), users
 
 
 def shard_verdicts(item, cfg: DedupConfig):

@@ -129,20 +129,26 @@ def batch_entries(h64: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return rows[keep], key[keep], h[keep], np.broadcast_to(is_full, key.shape)[keep]
 
 
+def split_by_shard(shard: np.ndarray, row: np.ndarray, *columns: np.ndarray):
+    """Entries of one batch (their shard, the batch row each belongs to, columns) -> per shard they touch,
+    in shard order: (shard, the batch rows it refers to, each entry's index into those as int32, the
+    columns' entries for it). The batching half of every sharded index here: a shard's element carries its
+    rows once, however many of its entries refer to each."""
+    order = np.argsort(shard, kind="stable")
+    shard, row, columns = shard[order], row[order], [c[order] for c in columns]
+    cuts = np.flatnonzero(np.diff(shard)) + 1
+    for s, e in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(shard)]])):
+        used, local = np.unique(row[s:e], return_inverse=True)
+        yield int(shard[s]), used.tolist(), local.astype(np.int32), [c[s:e] for c in columns]
+
+
 def shard_batches(uids: list[str], h64: np.ndarray, shards: int) -> list[tuple[int, Payload]]:
     """A batch of images (uids, hashes [rows, 11]) -> one (shard, payload) per shard its entries go to; the
     payload holds the uids of the rows it refers to and the entries as plain bytes (see `decode`)."""
     row, key, h, full = batch_entries(h64)
-    shard = shard_of(key, shards)
-    order = np.argsort(shard, kind="stable")
-    row, key, h, full, shard = row[order], key[order], h[order], full[order], shard[order]
-    cuts = np.flatnonzero(np.diff(shard)) + 1
-    out = []
-    for s, e in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(shard)]])):
-        used, local = np.unique(row[s:e], return_inverse=True)
-        out.append((int(shard[s]), ([uids[i] for i in used.tolist()], local.astype(np.int32).tobytes(),
-                                    key[s:e].tobytes(), h[s:e].tobytes(), full[s:e].astype(np.uint8).tobytes())))
-    return out
+    return [(shard, ([uids[i] for i in used], local.tobytes(), k.tobytes(), hh.tobytes(),
+                     f.astype(np.uint8).tobytes()))
+            for shard, used, local, (k, hh, f) in split_by_shard(shard_of(key, shards), row, key, h, full)]
 
 
 def decode(payload: Payload) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
