@@ -348,7 +348,9 @@ def build_pipeline(p: beam.Pipeline, cfg: RunConfig, *, cache_dir: str, progress
                       | f"ReadJson{i}" >> beam.ParDo(ReadJsonSource(progress_dir)).with_outputs(DROPPED, main="f"))
         frags.append(parsed.f)
         drops.append(parsed[DROPPED])
-    all_frags = frags | "FlattenFrags" >> beam.Flatten() | "SpreadFrags" >> beam.Reshuffle()
+    # No Reshuffle here: parsing happens where a split is read, and the grouping below is the shuffle that
+    # spreads the fragments; one before it moved every fragment twice for the few trivial steps between.
+    all_frags = frags | "FlattenFrags" >> beam.Flatten()
     ledger.append(all_frags | "CountIn" >> beam.Map(lambda f: (f"in|{f['source']}", f["rows"])))
 
     # -- group: VG parts per VG image, then everything per picture

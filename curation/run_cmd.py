@@ -94,7 +94,6 @@ class _ProgressPrinter(threading.Thread):
 
 def run(args: argparse.Namespace) -> int:
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
 
     from curation.dedup.examples import FILE_NAME as DEDUP_EXAMPLES_FILE
     from curation.pipeline import CORPUS, build_pipeline, eval_set_names, ledger_path, shard_infos_path
@@ -137,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         # The fetch stage's DoFns share this process's pool (one per settings); started now, its processes
         # import while the graph is built. `shutdown_all` below ends it whatever happens.
         prepare_pool.PreparePool(pipeline_cfg.resize, pipeline_cfg.download.max_pixels, processes).start()
-    options = PipelineOptions(runner_args)
+    options = runners.pipeline_options(runner_args)
     printer = _ProgressPrinter(progress_dir, cfg.progress_seconds) if cfg.progress_seconds > 0 else None
     t0 = time.monotonic()
     if printer:

@@ -88,3 +88,28 @@ def test_default_runner_is_built_as_the_in_memory_fn_api_runner():
     assert isinstance(runner, fn_runner.FnApiRunner)
     assert runners.make_runner(["--runner=DirectRunner", "--direct_running_mode=multi_processing"]) is None
     assert runners.make_runner(["--runner=PrismRunner"]) is None
+
+
+def test_in_memory_options_hand_out_one_view_per_class_and_stay_one_set_of_values():
+    """The default runner's options make each view once (Beam asks for one per applied transform); a value
+    set through any view, the options or a ``beam.Pipeline``'s deep copy is what every view reads."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TypeOptions
+
+    from curation.run_cmd import beam_options
+    opts = runners.pipeline_options(beam_options([]))
+    view = opts.view_as(TypeOptions)
+    assert opts.view_as(TypeOptions) is view and view.pipeline_type_check is False   # --no_pipeline_type_check
+    view.runtime_type_check = True
+    assert opts.view_as(TypeOptions).runtime_type_check and opts.get_all_options()["runtime_type_check"]
+    opts.view_as(StandardOptions).streaming = True
+    assert opts.get_all_options()["streaming"] is True
+
+    p = beam.Pipeline(runner=runners.make_runner(beam_options([])), options=opts)
+    copied = p.options
+    assert copied is not opts and copied.view_as(TypeOptions) is copied.view_as(TypeOptions)
+    assert copied.view_as(TypeOptions) is not view and copied.view_as(TypeOptions).runtime_type_check
+    copied.view_as(TypeOptions).runtime_type_check = False
+    assert view.runtime_type_check is True            # the copy's values are its own, as with Beam's class
+    # Any other runner gets Beam's own class, which its workers know.
+    assert type(runners.pipeline_options(["--runner=PrismRunner"])) is PipelineOptions

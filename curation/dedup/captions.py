@@ -230,10 +230,16 @@ def shard_verdicts(item, cfg: DedupConfig):
     key, row = key[order], row[order]
     starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
     ends = np.concatenate([starts[1:], [len(key)]])
+    # Near-identical texts share most of their bands: the same set of texts meets in many buckets, and its
+    # verdicts (a function of the set alone) are the same each time, so each set is clustered once.
+    seen: set[tuple] = set()
     for s, e in zip(starts[ends - starts > 1].tolist(), ends[ends - starts > 1].tolist()):
-        members = list({texts[i][1]: texts[i] for i in row[s:e].tolist()}.values())
+        members = {texts[i][1]: texts[i] for i in row[s:e].tolist()}
         if len(members) > 1:
-            yield from bucket_verdicts(members, cfg)
+            names = tuple(sorted(members))
+            if names not in seen:
+                seen.add(names)
+                yield from bucket_verdicts(list(members.values()), cfg)
 
 
 def bucket_verdicts(members: list, cfg: DedupConfig):

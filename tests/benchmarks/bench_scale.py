@@ -260,7 +260,7 @@ def run_beam(n: int, seed: int, mode: str, workers: int, root: Path) -> dict:
     parsed = (p | "ReadTsv" >> ReadFromText(str(tsv), coder=BytesCoder())
               | "Parse" >> beam.ParDo(ParseTsv("cc3m", "cc3m", None)).with_outputs(DROPPED, main="f"))
     drops.append(parsed[DROPPED])
-    frags = parsed.f | "SpreadFrags" >> beam.Reshuffle()
+    frags = parsed.f      # no Reshuffle: as `curate run`, the grouping is the shuffle
     ledger.append(frags | "CountIn" >> beam.Map(lambda f: (f"in|{f['source']}", f["rows"])))
     grouped = (frags | "KeyPicture" >> beam.Map(lambda f: (f["key"], f)) | "GroupPicture" >> beam.GroupByKey()
                | "Assemble" >> beam.FlatMap(_assemble).with_outputs(DROPPED, main="r"))
