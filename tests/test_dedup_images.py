@@ -151,6 +151,41 @@ def test_chain_of_20_falling_quality_merges_only_into_close_centres(tmp_path):
     assert len(kept) + len(out["drops"]) == 20 and "u00" in kept and len(kept) > 1
 
 
+def _cloud_records(n: int, seed: int) -> list[dict]:
+    """n images around 3 base hashes, each 0-8 bits (64-bit) and 4 x that (256-bit) off its base, in random
+    quality order: dense, overlapping neighbourhoods where nodes decide in many different rounds, some
+    before a better neighbour that comes after their centre (news then reaches a node that has left)."""
+    rng = random.Random(seed)
+    bases = [(rng.getrandbits(64), rng.getrandbits(256)) for _ in range(3)]
+    recs = []
+    for k in range(n):
+        h64, h256 = bases[rng.randrange(3)]
+        bits = rng.randint(0, 8)
+        for b in rng.sample(range(64), bits):
+            h64 ^= 1 << b
+        for b in rng.sample(range(256), 4 * bits):
+            h256 ^= 1 << b
+        data = f"cloud {seed} {k}".encode()
+        recs.append({"uid": f"c{k:03d}", "url": f"http://h/c{k}", "rows": {"cc3m": 1}, "captions": [f"caption {k}"],
+                     "qa": [], "sources": [{"dataset": "cc3m", "id": str(k)}], "other_urls": [],
+                     "original_width": rng.randint(100, 2000), "original_height": 100,
+                     "sha256": hashlib.sha256(data).hexdigest(), "phash": f"{h64:016x}", "image": data,
+                     "dedup_signature": _sig_with(h64, h256.to_bytes(32, "big"))})
+    return recs
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_rounds_equal_the_sequential_greedy_walk_on_dense_clouds(tmp_path, seed):
+    """Nodes leave the rounds as they decide; the clusters are still exactly the sequential walk's."""
+    recs = _cloud_records(60, seed)
+    want = _reference(recs)
+    assert 3 <= len({c for u, c in want.items() if u == c}) < 40      # real clusters, not all singletons
+    out = _run_near(recs, rounds=24, tmp_path=tmp_path)
+    assert {r["uid"] for r in out["merged"]} == {u for u, c in want.items() if u == c}
+    assert {e["uid"]: e["detail"].removeprefix("merged into ") for e in out["drops"]} == \
+        {u: c for u, c in want.items() if u != c}
+
+
 def test_chain_ends_60_bits_apart_never_merge_and_too_few_rounds_fail_clearly(tmp_path):
     recs = _chain_records(11, 6)             # neighbours 6 bits apart, next-but-one 12: a pure chain
     h0, h10 = int(recs[0]["phash"], 16), int(recs[-1]["phash"], 16)

@@ -15,6 +15,12 @@ latest in the round equal to the length of the longest path of falling quality t
 chain of 20 near-duplicates in falling quality needs 20 rounds; after ``cluster_rounds`` rounds any node
 still undecided fails the run (`NotConverged`), never a crash or a silent split.
 
+A decision is final, so a node leaves the rounds in the one where it decides (`step`: its final state out,
+its decision to its worse neighbours): each round carries only the undecided nodes and the news for them,
+and most nodes decide in the first two, so the ``cluster_rounds`` shuffles move about what two would, not
+every node's state each time. News for a node that has already left is dropped (`receive`): a node can
+decide before a better neighbour that comes after its centre in quality order.
+
 Nodes are (quality key, pHash); quality keys sort best first and end with the uid.
 Memory: one node with its neighbour lists (a node's degree; one image's near-duplicates).
 """
@@ -35,7 +41,7 @@ def new_state(me, neighbours) -> dict[str, Any]:
     neighbours = sorted(set(neighbours))
     state = {"me": me, "better": [n for n in neighbours if n[0] < me[0]],
              "worse": [n[0][-1] for n in neighbours if n[0] > me[0]],
-             "known": {}, "decision": None, "centre": None, "announce": False}
+             "known": {}, "decision": None, "centre": None}
     return decide(state)
 
 
@@ -48,22 +54,22 @@ def decide(state: dict[str, Any]) -> dict[str, Any]:
         if d is None:
             return state
         if d == CENTRE:
-            state.update(decision=MEMBER, centre=n, announce=True)
+            state.update(decision=MEMBER, centre=n)
             return state
-    state.update(decision=CENTRE, announce=True)
+    state.update(decision=CENTRE)
     return state
 
 
-def messages(uid: str, state: dict[str, Any]):
-    """One round's output of a node: itself, and its decision to each worse neighbour if new."""
-    announce = state["announce"]
-    yield uid, ("state", {**state, "announce": False})
-    if announce:
-        for w in state["worse"]:
-            yield w, ("msg", (uid, state["decision"]))
+def step(uid: str, state: dict[str, Any]) -> tuple[dict[str, Any] | None, list]:
+    """One round's output of a node -> (its final state if it has decided, else None; messages for the next
+    round: its own state while it is undecided, else its decision to each worse neighbour)."""
+    if state["decision"] is None:
+        return None, [(uid, ("state", state))]
+    return state, [(w, ("msg", (uid, state["decision"]))) for w in state["worse"]]
 
 
-def receive(item) -> tuple[str, dict[str, Any]]:
+def receive(item) -> tuple[str, dict[str, Any]] | None:
+    """(uid, its state and news) -> (uid, its state after the news); None for news to a node that has left."""
     uid, parts = item
     state = None
     news = {}
@@ -72,6 +78,8 @@ def receive(item) -> tuple[str, dict[str, Any]]:
             state = value
         else:
             news[value[0]] = value[1]
+    if state is None:
+        return None
     state = {**state, "known": {**state["known"], **news}}
     return uid, decide(state)
 

@@ -63,6 +63,7 @@ from curation.funnel import DROPPED, Progress, record_event
 
 EXAMPLE = "example"
 SINGLE = "single"           # an image in no near-duplicate cluster, folded on its own
+DECIDED = "decided"         # a clustering node's final state, out of the round in which it decided
 LEDGER = "ledger"
 # Records whose index entries are computed and sent together: at least this many, and as many as there are
 # index shards up to the maximum, so that a batch sends at most about one element per record (a batch
@@ -260,12 +261,27 @@ def _init_state(item):
     return uid, centres.new_state(pairs[0][0], [other for _me, other in pairs])
 
 
-def _init_and_announce(item):
-    return centres.messages(*_init_state(item))
+def _round_output(uid: str, state: dict):
+    """`centres.step` as Beam outputs: the final state of a node that has decided on DECIDED, the messages
+    for the next round on the main output."""
+    final, messages = centres.step(uid, state)
+    if final is not None:
+        yield beam.pvalue.TaggedOutput(DECIDED, (uid, final))
+    yield from messages
 
 
-def _decide_and_announce(item):
-    return centres.messages(*centres.receive(item))
+def _init_round(item):
+    return _round_output(*_init_state(item))
+
+
+def _next_round(item):
+    received = centres.receive(item)
+    return _round_output(*received) if received else ()
+
+
+def _last_round(item):
+    received = centres.receive(item)
+    return [received] if received else []
 
 
 def _combine_undecided(parts):
@@ -350,13 +366,17 @@ class NearDupImages(beam.PTransform):
                   | "Neighbours" >> beam.GroupByKey())
         # One GroupByKey and one step per round: a node's decision and its announcement are one FlatMap
         # (each transform costs the driver ~20 ms to build and translate, and rounds are most of the graph).
-        messages = states | "InitStates" >> beam.FlatMap(_init_and_announce)
+        # A node leaves the rounds when it decides (`centres.step`): later rounds carry the undecided only.
+        out = states | "InitStates" >> beam.FlatMap(_init_round).with_outputs(DECIDED, main="next")
+        finals = [out[DECIDED]]
         for i in range(1, self.rounds + 1):
-            delivered = messages | f"Deliver{i}" >> beam.GroupByKey()
+            delivered = out.next | f"Deliver{i}" >> beam.GroupByKey()
             if i < self.rounds:
-                messages = delivered | f"Decide{i}" >> beam.FlatMap(_decide_and_announce)
+                out = delivered | f"Decide{i}" >> beam.FlatMap(_next_round).with_outputs(DECIDED, main="next")
+                finals.append(out[DECIDED])
             else:
-                states = delivered | f"Decide{i}" >> beam.Map(centres.receive)
+                finals.append(delivered | f"Decide{i}" >> beam.FlatMap(_last_round))
+        states = finals | "FinalStates" >> beam.Flatten()
         undecided = (states
                      | "CountUndecided" >> beam.CombineGlobally(_count_undecided_combine).without_defaults()
                      | "FailIfUndecided" >> beam.Map(_fail_if_undecided, self.rounds))
