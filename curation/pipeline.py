@@ -213,13 +213,12 @@ class FetchUnit(beam.DoFn):
             self.processes = None
 
     def _fetch_prepare(self, record: dict):
-        """-> (data, reason, detail, prepared): with a pool, prepared is its future (the download is queued
-        there and this thread moves on to the next URL); else prepared here, and the download let go at
-        once, when the resizer is thread-safe (a unit's raw downloads, up to ``download.max_bytes`` each,
-        are never held together); else the data, prepared later on the DoFn's thread."""
+        """-> (data, reason, detail, prepared): prepared by a pool process, or here when the resizer is
+        thread-safe, and the download let go at once (a unit's raw downloads, up to ``download.max_bytes``
+        each, are never held together); else the data, prepared later on the DoFn's thread."""
         data, reason, detail = self._bytes(record)
         if data is not None and self.processes is not None:
-            return None, reason, detail, self.processes.submit(data)     # a future, awaited in _finish
+            return None, reason, detail, self.processes.prepare(data)
         if data is not None and self.preparer.thread_safe:
             with self.preparing:
                 return None, reason, detail, self.preparer.prepare(data)
@@ -263,8 +262,6 @@ class FetchUnit(beam.DoFn):
             images = {}
             for r, fut in zip(todo, futures):
                 data, reason, detail, prepared = fut.result()
-                if isinstance(prepared, concurrent.futures.Future):
-                    prepared = prepared.result()
                 entry = {"cache_key": fetch_cache.cache_key(r), "uid": r["uid"], "url": r.get("url")}
                 if prepared is None and data is not None:
                     prepared = self.preparer.prepare(data)

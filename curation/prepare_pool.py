@@ -1,34 +1,48 @@
-"""Image preparation (decode, resize, encode, hashes) in a pool of worker processes.
+"""Image preparation (decode, resize, encode, hashes) in worker processes.
 
 Why: the in-memory DirectRunner (`curate run`'s default) is one Python process, so decoding, resizing and
 hashing on its fetch threads share one GIL: measured on 2 cores, the fetch stage of 2,868 rows ran at one
-core (19.5 s wall, 20 s CPU) however many threads prepared at once. A pool of one process per core gives
+core (19.5 s wall, 20 s CPU) however many threads prepared at once. Worker processes, one per core, give
 the preparation every core, while the runner's process keeps the downloads (threads, I/O) and the Beam
 stages. On a distributed runner each worker machine already runs one SDK process per core, so there the
 pool is off by default (``download.prepare_processes``, resolved by `resolve`).
 
-What crosses to a pool process: the downloaded bytes (at most ``download.max_bytes``); what comes back: the
-`PreparedImage` (the stored image, ~30 kB, and its metadata) or a drop reason. Both are built by this
-project's code in this project's processes; nothing a server sent is unpickled as an object.
+Each worker process has a pipe of its own, and a fetch thread that has downloaded an image takes an idle
+worker, sends the bytes, waits (without the GIL) for the answer and hands the worker back. No executor
+sits in between: ``concurrent.futures.ProcessPoolExecutor`` pickles every call into a queue that a
+management thread feeds to the workers, and routes each result back through futures and callbacks; on 2
+cores that cost 0.8 ms of the runner's CPU per image and 0.4 ms more in the workers, against 0.35 ms here
+(`tests/benchmarks/bench_prepare.py --pool`), time the runner's one Python thread needs for its Beam work.
 
-One pool per Python process, shared by every `FetchUnit` instance (a runner may run several DoFn instances
-per process, one per thread), created on first use and shut down (its processes joined, so their CPU time
-is accounted to the parent) when the last user releases it. Memory: ``processes`` x (one decoded download,
-bounded by ``download.max_pixels``) in the pool, and at most 2 x ``processes`` downloads queued for it.
+What crosses: the downloaded bytes in (at most ``download.max_bytes``), and back a plain message: a JSON
+header (the drop reason, or the prepared image's sizes and hashes) followed by the stored image and its
+near-duplicate signature. Nothing is unpickled from a process that has touched downloaded bytes. A worker
+that dies on an image (a decoder crash, the kernel's OOM killer) costs that image, counted as
+``prepare_crashed``, and is replaced; the run goes on.
+
+One set of workers per Python process and settings, shared by every `FetchUnit` instance (a runner may run
+several DoFn instances per process, one per thread), started by the first user (`warm` starts it early,
+while the graph is built) and shut down, its processes joined so that their CPU time is accounted to the
+parent, when the last user releases it or at `shutdown_all`. Memory: ``processes`` x (one decoded
+download, bounded by ``download.max_pixels``) in the workers, and the downloads of the fetch threads
+waiting for one (at most ``download.threads``).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import json
 import multiprocessing
 import os
+import queue
 import threading
 
 from curation.config import ResizeConfig
 
-_STATE: dict = {}            # in a pool process: its ImagePreparer
 _LOCK = threading.Lock()
-_POOLS: dict = {}            # in the runner's process: settings -> [pool, users, queue slots]
+_WORKERS: dict = {}          # settings -> _Workers, in the runner's process
+CRASHED = "prepare_crashed"
+_FIELDS = ("ext", "width", "height", "original_width", "original_height", "original_bytes", "sha256",
+           "phash", "pixel_std")          # `PreparedImage`'s fields besides the image and the signature
 
 
 def resolve(prepare_processes: int, in_process_runner: bool) -> int:
@@ -39,73 +53,160 @@ def resolve(prepare_processes: int, in_process_runner: bool) -> int:
     return (os.cpu_count() or 1) if in_process_runner else 0
 
 
-def _init(resize: ResizeConfig, max_pixels: int) -> None:
+# ---------------------------------------------------------------------------------------- worker side
+def encode_result(result) -> bytes:
+    """`ImagePreparer.prepare`'s result as one message: 4-byte header length, JSON header, image, signature."""
+    if isinstance(result, tuple):
+        head, tail = {"drop": [str(result[0]), str(result[1])]}, b""
+    else:
+        head = {k: getattr(result, k) for k in _FIELDS}
+        head["image_bytes"] = len(result.image)
+        tail = result.image + result.dedup_signature
+    header = json.dumps(head).encode()
+    return len(header).to_bytes(4, "big") + header + tail
+
+
+def _serve(conn, resize: ResizeConfig, max_pixels: int) -> None:
+    """A worker process: prepare each image received until the pipe closes."""
     from curation.fetch import ImagePreparer
-    _STATE["preparer"] = ImagePreparer(resize, max_pixels)
+    preparer = ImagePreparer(resize, max_pixels)
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        conn.send_bytes(encode_result(preparer.prepare(data)))
 
 
-def _prepare(data: bytes):
-    return _STATE["preparer"].prepare(data)
+# ---------------------------------------------------------------------------------------- runner side
+def decode_result(msg: bytes):
+    """The inverse of `encode_result` -> `PreparedImage` or (reason, detail)."""
+    from curation.fetch import PreparedImage
+    n = int.from_bytes(msg[:4], "big")
+    head = json.loads(msg[4:4 + n])
+    if "drop" in head:
+        reason, detail = head["drop"]
+        return reason, detail
+    body = memoryview(msg)[4 + n:]
+    k = head["image_bytes"]
+    return PreparedImage(image=bytes(body[:k]), dedup_signature=bytes(body[k:]),
+                         **{f: head[f] for f in _FIELDS})
 
 
-def _ready() -> bool:
-    return "preparer" in _STATE
+class _Worker:
+    def __init__(self, ctx, resize: ResizeConfig, max_pixels: int):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, resize, max_pixels), daemon=True,
+                                name="curate-prepare")
+        self.proc.start()
+        child.close()
+
+    def stop(self) -> None:
+        self.conn.close()            # the worker reads EOF and returns
+        self.proc.join(30)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+
+
+class _Workers:
+    """``processes`` worker processes and the queue of the idle ones."""
+
+    def __init__(self, key: tuple, resize: ResizeConfig, max_pixels: int, processes: int):
+        self.key, self.resize, self.max_pixels = key, resize, max_pixels
+        self.ctx = multiprocessing.get_context("spawn")
+        self.users = 0
+        self.closed = False
+        self.all = [_Worker(self.ctx, resize, max_pixels) for _ in range(processes)]
+        self.idle: queue.SimpleQueue = queue.SimpleQueue()
+        for w in self.all:
+            self.idle.put(w)
+
+    def _replace(self, dead: _Worker) -> _Worker:
+        dead.stop()
+        fresh = _Worker(self.ctx, self.resize, self.max_pixels)
+        with _LOCK:
+            self.all[self.all.index(dead)] = fresh
+        return fresh
+
+    def prepare(self, data: bytes):
+        worker = self.idle.get()
+        try:
+            if self.closed:
+                raise RuntimeError("the prepare pool was shut down while the fetch stage still used it")
+            if not worker.proc.is_alive():
+                worker = self._replace(worker)
+            try:
+                worker.conn.send_bytes(data)
+                msg = worker.conn.recv_bytes()
+            except (EOFError, OSError):
+                if self.closed:
+                    raise RuntimeError("the prepare pool was shut down while the fetch stage still used it") from None
+                worker.proc.join(5)
+                code = worker.proc.exitcode
+                worker = self._replace(worker)
+                return CRASHED, f"the prepare process exited (code {code}) on this image"
+            return decode_result(msg)
+        finally:
+            self.idle.put(worker)
+
+    def shutdown(self) -> None:
+        with _LOCK:
+            if self.closed:
+                return
+            self.closed = True
+            workers = list(self.all)
+        for w in workers:
+            w.stop()
+
+
+def _workers(resize: ResizeConfig, max_pixels: int, processes: int, *, user: bool) -> _Workers:
+    key = (repr(resize), max_pixels, processes)
+    with _LOCK:
+        workers = _WORKERS.get(key)
+        if workers is None:
+            workers = _WORKERS[key] = _Workers(key, resize, max_pixels, processes)
+        workers.users += user
+    return workers
+
+
+def warm(resize: ResizeConfig, max_pixels: int, processes: int) -> None:
+    """Start the workers now. A spawned process imports the image stack (numpy, OpenCV, Pillow: about a
+    second of CPU) before its first image; started while the driver builds and translates the graph, that
+    happens on cores the driver leaves idle, not when the first downloads are already waiting."""
+    _workers(resize, max_pixels, processes, user=False)
 
 
 class PreparePool:
-    """``prepare(data)`` from any thread: the result of `ImagePreparer.prepare` computed in a pool process."""
+    """``prepare(data)`` from any thread: the result of `ImagePreparer.prepare` computed in a worker process."""
 
     def __init__(self, resize: ResizeConfig, max_pixels: int, processes: int):
-        self.key = (repr(resize), max_pixels, processes)
-        with _LOCK:
-            entry = _POOLS.get(self.key)
-            if entry is None:
-                pool = concurrent.futures.ProcessPoolExecutor(
-                    processes, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_init, initargs=(resize, max_pixels))
-                entry = _POOLS[self.key] = [pool, 0, threading.BoundedSemaphore(2 * processes)]
-            entry[1] += 1
-        self.pool, self.slots = entry[0], entry[2]
-
-    def submit(self, data: bytes) -> concurrent.futures.Future:
-        """Queue one download; blocks while 2 x processes are already queued (bounds the downloads held
-        for the pool, whatever the thread count), so the calling fetch thread can download the next URL
-        meanwhile rather than wait for this one to be prepared."""
-        self.slots.acquire()
-        try:
-            future = self.pool.submit(_prepare, data)
-        except BaseException:
-            self.slots.release()
-            raise
-        future.add_done_callback(lambda _f: self.slots.release())
-        return future
+        self.workers = _workers(resize, max_pixels, processes, user=True)
+        self._released = False
 
     def prepare(self, data: bytes):
-        return self.submit(data).result()
+        """Blocks this thread until a worker is free and has answered (the GIL is released meanwhile)."""
+        return self.workers.prepare(data)
 
-    def start(self) -> None:
-        """Start the processes now, without waiting for them. A spawned process imports the image stack
-        (numpy, OpenCV, Pillow: about a second of CPU) before its first image; started while the driver
-        builds and translates the graph, that happens on cores the driver leaves idle, not when the first
-        downloads are already waiting. The executor starts all its processes on the first submit."""
-        self.pool.submit(_ready)
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self.workers.all]
 
     def release(self) -> None:
         with _LOCK:
-            entry = _POOLS.get(self.key)
-            if entry is None or entry[0] is not self.pool:
+            if self._released:
                 return
-            entry[1] -= 1
-            if entry[1] > 0:
+            self._released = True
+            self.workers.users -= 1
+            if self.workers.users > 0 or _WORKERS.get(self.workers.key) is not self.workers:
                 return
-            del _POOLS[self.key]
-        self.pool.shutdown(wait=True, cancel_futures=True)
+            del _WORKERS[self.workers.key]
+        self.workers.shutdown()
 
 
 def shutdown_all() -> None:
-    """Join every pool of this process: after a job, whether or not the runner tore its DoFns down."""
+    """Join every worker of this process: after a job, whether or not the runner tore its DoFns down."""
     with _LOCK:
-        pools = [entry[0] for entry in _POOLS.values()]
-        _POOLS.clear()
-    for pool in pools:
-        pool.shutdown(wait=True, cancel_futures=True)
+        sets = list(_WORKERS.values())
+        _WORKERS.clear()
+    for workers in sets:
+        workers.shutdown()

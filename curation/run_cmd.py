@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     if processes and runners.in_one_process(runner_args):
         # The fetch stage's DoFns share this process's pool (one per settings); started now, its processes
         # import while the graph is built. `shutdown_all` below ends it whatever happens.
-        prepare_pool.PreparePool(pipeline_cfg.resize, pipeline_cfg.download.max_pixels, processes).start()
+        prepare_pool.warm(pipeline_cfg.resize, pipeline_cfg.download.max_pixels, processes)
     options = runners.pipeline_options(runner_args)
     printer = _ProgressPrinter(progress_dir, cfg.progress_seconds) if cfg.progress_seconds > 0 else None
     t0 = time.monotonic()

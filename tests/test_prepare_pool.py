@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import json
 import os
 import random
+import signal
+import time
 
 from PIL import Image
 
@@ -34,7 +37,7 @@ def test_pool_prepares_what_this_process_prepares_and_shares_one_pool():
     a = prepare_pool.PreparePool(resize, 10**8, 2)
     b = prepare_pool.PreparePool(resize, 10**8, 2)
     try:
-        assert a.pool is b.pool                        # one pool per process for the same settings
+        assert a.workers is b.workers                  # one set of workers per process for the same settings
         inputs = _inputs()
         with concurrent.futures.ThreadPoolExecutor(4) as threads:   # called from fetch threads at once
             pooled = list(threads.map(a.prepare, inputs))
@@ -42,19 +45,54 @@ def test_pool_prepares_what_this_process_prepares_and_shares_one_pool():
         assert pooled == local                         # PreparedImage is a dataclass: every field, image bytes too
         assert sum(isinstance(p, tuple) for p in pooled) == 3
         assert {p[0] for p in pooled if isinstance(p, tuple)} == {"truncated_image", "empty_body", "not_an_image"}
-        pids = {p.pid for p in a.pool._processes.values()}
+        pids = set(a.pids())
         assert len(pids) == 2 and os.getpid() not in pids
     finally:
         a.release()
-        assert not a.pool._shutdown_thread           # b still holds it
+        assert not a.workers.closed                    # b still holds it
         b.release()
-    assert a.pool._shutdown_thread and not a.pool._processes    # joined when the last user let go
-    # a new user after that gets a new pool, and shutdown_all joins it even without a release
+    procs = [w.proc for w in a.workers.all]
+    assert a.workers.closed and all(p.exitcode == 0 for p in procs)   # joined when the last user let go
+    # a new user after that gets new workers, and shutdown_all joins them even without a release
     c = prepare_pool.PreparePool(resize, 10**8, 1)
-    assert c.pool is not a.pool
+    assert c.workers is not a.workers
     assert c.prepare(_inputs()[0]) == local[0]
     prepare_pool.shutdown_all()
-    assert c.pool._shutdown_thread and not c.pool._processes
+    assert c.workers.closed and c.workers.all[0].proc.exitcode == 0
+
+
+def test_results_cross_as_plain_messages_not_pickles():
+    here = ImagePreparer(ResizeConfig(image_size=96), 10**8)
+    for x in _inputs():
+        result = here.prepare(x)
+        msg = prepare_pool.encode_result(result)
+        assert b"\x80\x04" not in msg[:8] and json.loads(msg[4:4 + int.from_bytes(msg[:4], "big")])
+        assert prepare_pool.decode_result(msg) == result
+
+
+def test_a_worker_that_dies_costs_its_image_only_and_is_replaced():
+    resize = ResizeConfig(image_size=96)
+    pool = prepare_pool.PreparePool(resize, 10**8, 1)
+    try:
+        want = ImagePreparer(resize, 10**8).prepare(_inputs()[1])
+        assert pool.prepare(_inputs()[1]) == want
+        # dead while idle: replaced before the next image, which is prepared as usual
+        first = pool.pids()[0]
+        os.kill(first, signal.SIGKILL)
+        pool.workers.all[0].proc.join(10)
+        assert pool.prepare(_inputs()[1]) == want and pool.pids()[0] != first
+        # dead while preparing an image: that image is dropped under its own reason, the next is fine
+        second = pool.pids()[0]
+        os.kill(second, signal.SIGSTOP)               # it cannot answer before it is killed
+        with concurrent.futures.ThreadPoolExecutor(1) as t:
+            pending = t.submit(pool.prepare, _inputs()[2])
+            time.sleep(0.5)
+            os.kill(second, signal.SIGKILL)
+            reason, detail = pending.result(timeout=30)
+        assert reason == prepare_pool.CRASHED and "-9" in detail
+        assert pool.prepare(_inputs()[1]) == want and pool.pids()[0] not in (first, second)
+    finally:
+        pool.release()
 
 
 def test_auto_is_one_per_core_only_when_the_job_runs_in_this_process():
