@@ -10,9 +10,10 @@ pool is off by default (``download.prepare_processes``, resolved by `resolve`).
 Each worker process has a pipe of its own, and a fetch thread that has downloaded an image takes an idle
 worker, sends the bytes, waits (without the GIL) for the answer and hands the worker back. No executor
 sits in between: ``concurrent.futures.ProcessPoolExecutor`` pickles every call into a queue that a
-management thread feeds to the workers, and routes each result back through futures and callbacks; on 2
-cores that cost 0.8 ms of the runner's CPU per image and 0.4 ms more in the workers, against 0.35 ms here
-(`tests/benchmarks/bench_prepare.py --pool`), time the runner's one Python thread needs for its Beam work.
+management thread feeds to the workers, and routes each result back through futures and callbacks, all
+of it on the runner's process, whose one Python thread also does the Beam work. Measured on 2 cores with
+3,000 photo-like pictures (`tests/benchmarks/bench_prepare.py --pool`): 0.70 ms of the runner's CPU per
+picture with the executor, 0.47 ms with these pipes.
 
 What crosses: the downloaded bytes in (at most ``download.max_bytes``), and back a plain message: a JSON
 header (the drop reason, or the prepared image's sizes and hashes) followed by the stored image and its

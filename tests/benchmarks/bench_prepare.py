@@ -2,6 +2,7 @@
 `ImagePreparer.prepare`, before and after a change, side by side.
 
     python tests/benchmarks/bench_prepare.py [--images 3000] [--before 923d61c] [--rounds 2]
+    python tests/benchmarks/bench_prepare.py --pool [--images 3000] [--rounds 3]
 
 Pictures: generated scenes (`curation.synthetic.images`) with photographic grain, 400-1000 px on the long
 side, JPEG q75-95 (tens to hundreds of kB, like CC3M/CC12M downloads); resize as `curate run`'s default
@@ -17,6 +18,13 @@ Each process measures (a) too; ratios are taken against the (a) of the same proc
 the drift of a shared machine. The best of ``--rounds`` alternating rounds is kept. Also printed: whether
 (b)'s and (c)'s signatures of the N stored images are byte-identical (they are not against 923d61c, whose
 signature decoded the stored JPEG at full scale; they were for the vectorised maths alone).
+
+``--pool``: the cost of handing images to worker processes, as the fetch stage of the in-memory runner
+does: 16 threads hand the N pictures to 2 processes through ``concurrent.futures.ProcessPoolExecutor``
+(the pool before `curation.prepare_pool` had pipes of its own; the threads submit and await futures), or
+through `curation.prepare_pool.PreparePool`. Each in a fresh subprocess, alternating, best of ``--rounds``;
+printed: the calling process's CPU per picture (what the runner's one Python thread loses), the workers'
+(joined, so their CPU is counted), and wall.
 """
 
 from __future__ import annotations
@@ -101,6 +109,57 @@ def measure(folder: Path, with_signature: bool) -> dict:
             "bytes_in": sum(map(len, datas)) / len(datas), "digest": digest}
 
 
+_EXECUTOR_STATE: dict = {}
+
+
+def _executor_init(resize, max_pixels: int) -> None:
+    from curation.fetch import ImagePreparer
+    _EXECUTOR_STATE["preparer"] = ImagePreparer(resize, max_pixels)
+
+
+def _executor_prepare(data: bytes):
+    return _EXECUTOR_STATE["preparer"].prepare(data)
+
+
+def measure_pool(folder: Path, how: str) -> dict:
+    """16 threads hand every picture to 2 worker processes, ``how`` = "executor" or "pipes"."""
+    import concurrent.futures
+    import multiprocessing
+    import resource
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from curation import prepare_pool
+    from curation.config import ResizeConfig
+
+    resize = ResizeConfig(image_size=256, resize_mode="keep_ratio", resize_only_if_bigger=True, encode_quality=90)
+    datas = [p.read_bytes() for p in sorted(folder.glob("*.jpg"))]
+    if how == "executor":
+        pool = concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
+                                                      initializer=_executor_init,
+                                                      initargs=(resize, 100_000_000))
+        list(pool.map(_executor_prepare, datas[:4]))          # started and warm
+        c0, t0 = time.process_time(), time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(16) as threads:
+            futures = list(threads.map(lambda d: pool.submit(_executor_prepare, d), datas))
+        results = [f.result() for f in futures]
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+        pool.shutdown(wait=True)
+    else:
+        pool = prepare_pool.PreparePool(resize, 100_000_000, 2)
+        for d in datas[:4]:
+            pool.prepare(d)
+        c0, t0 = time.process_time(), time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(16) as threads:
+            results = list(threads.map(pool.prepare, datas))
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+        pool.release()
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ok = sum(not isinstance(r, tuple) for r in results)
+    return {"how": how, "n": len(datas), "ok": ok, "runner_ms": 1e3 * cpu / len(datas),
+            "workers_s": kids.ru_utime + kids.ru_stime, "wall_s": wall}
+
+
 def checkout(rev: str, into: Path) -> Path:
     """The repository's `curation` and `shards` packages at ``rev``, extracted under ``into``."""
     blob = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "curation", "shards"],
@@ -125,9 +184,18 @@ def main() -> None:
     ap.add_argument("--pictures", default=None, help="folder to keep the generated pictures in (reused)")
     ap.add_argument("--measure", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--with-signature", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--pool", action="store_true", help="hand-over to worker processes: executor vs pipes")
+    ap.add_argument("--measure-pool", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
         print(json.dumps(measure(Path(args.measure), args.with_signature)))
+        return
+    if args.measure_pool:
+        how, folder = args.measure_pool.split(":", 1)
+        print(json.dumps(measure_pool(Path(folder), how)))
+        return
+    if args.pool:
+        bench_pool(args)
         return
     with tempfile.TemporaryDirectory(prefix="bench_prepare_") as tmp:
         folder = Path(args.pictures) if args.pictures else Path(tmp) / "pictures"
@@ -169,6 +237,33 @@ def main() -> None:
           f"{(n['prepare_ms'] / n['resizer_ms']) / ((o['prepare_ms'] + o['signature_ms']) / o['resizer_ms']):.3f}")
     print(f"signatures of the {n['n']} stored images byte-identical to {args.before}'s: {o['digest'] == n['digest']} "
           "(False where the signature's definition changed since, e.g. 923d61c: full-scale JPEG decode)")
+
+
+def bench_pool(args) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench_prepare_pool_") as tmp:
+        folder = Path(args.pictures) if args.pictures else Path(tmp) / "pictures"
+        folder.mkdir(parents=True, exist_ok=True)
+        make_pictures(args.images, folder)
+        for extra in sorted(folder.glob("*.jpg"))[args.images:]:
+            extra.unlink()
+        best: dict = {}
+        for r in range(args.rounds):
+            for how in ("executor", "pipes"):
+                out = subprocess.run([sys.executable, __file__, "--measure-pool", f"{how}:{folder}"], check=True,
+                                     capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                m = json.loads(out.stdout.strip().splitlines()[-1])
+                print(f"round {r + 1}: {json.dumps(m)}")
+                if how not in best or m["runner_ms"] + 1e3 * m["workers_s"] / m["n"] < \
+                        best[how]["runner_ms"] + 1e3 * best[how]["workers_s"] / best[how]["n"]:
+                    best[how] = m
+    e, p = best["executor"], best["pipes"]
+    print(f"\nN = {p['n']} pictures to 2 worker processes from 16 threads (best of {args.rounds} rounds, "
+          f"each in a fresh process; worker CPU includes their start-up)")
+    print(f"{'':34s} {'runner ms/pic':>14} {'workers s':>10} {'wall s':>8}")
+    for name, m in (("ProcessPoolExecutor", e), ("PreparePool (pipes)", p)):
+        print(f"{name:34s} {m['runner_ms']:14.2f} {m['workers_s']:10.2f} {m['wall_s']:8.2f}")
+    print(f"pipes / executor: runner CPU {p['runner_ms'] / e['runner_ms']:.2f}x, workers' CPU "
+          f"{p['workers_s'] / e['workers_s']:.2f}x, wall {p['wall_s'] / e['wall_s']:.2f}x (N={p['n']})")
 
 
 if __name__ == "__main__":
