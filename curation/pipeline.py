@@ -241,10 +241,11 @@ class FetchUnit(beam.DoFn):
 
     def process(self, item, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
         unit, records = item
-        records = sorted(records, key=lambda r: r["uid"])
+        # (cache key, record), each key computed once: a JSON dump and a hash per record
+        records = sorted(((fetch_cache.cache_key(r), r) for r in records), key=lambda kr: kr[1]["uid"])
         cached = fetch_cache.load(self.cache_dir, unit)
-        todo = [r for r in records if fetch_cache.cache_key(r) not in cached]
-        futures = [self.pool.submit(self._fetch_prepare, r) for r in todo]
+        todo = [(k, r) for k, r in records if k not in cached]
+        futures = [self.pool.submit(self._fetch_prepare, r) for _k, r in todo]
         self._pending.append((unit, records, cached, todo, futures, window, timestamp))
         while len(self._pending) > 1:
             yield from self._finish(*self._pending.popleft())
@@ -260,9 +261,9 @@ class FetchUnit(beam.DoFn):
 
         if todo:
             images = {}
-            for r, fut in zip(todo, futures):
+            for (key, r), fut in zip(todo, futures):
                 data, reason, detail, prepared = fut.result()
-                entry = {"cache_key": fetch_cache.cache_key(r), "uid": r["uid"], "url": r.get("url")}
+                entry = {"cache_key": key, "uid": r["uid"], "url": r.get("url")}
                 if prepared is None and data is not None:
                     prepared = self.preparer.prepare(data)
                 if prepared is not None:
@@ -275,8 +276,8 @@ class FetchUnit(beam.DoFn):
                 cached[entry["cache_key"]] = entry
                 Progress.bump(self.progress_dir, "fetched" if reason is None else "fetch_failed")
             cached = fetch_cache.save(self.cache_dir, unit, cached, images)
-        for r in records:
-            e = cached[fetch_cache.cache_key(r)]
+        for key, r in records:
+            e = cached[key]
             if e.get("reason"):
                 yield beam.pvalue.TaggedOutput(
                     DROPPED, out(record_event("fetch", e["reason"], r, e.get("detail") or "")))
