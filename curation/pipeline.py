@@ -188,8 +188,9 @@ class FetchUnit(beam.DoFn):
     only when the next unit of the bundle has arrived, or at the end of the bundle: a unit waits for its
     slowest URL (a timeout, a server that is slow to accept), and meanwhile the threads that are done with
     it already download the next one instead of idling. Memory: at most two units' records and their
-    prepared images (2 x ``unit_rows`` x ~30 kB; raw downloads are let go as soon as they are prepared),
-    never more.
+    prepared images (2 x ``unit_rows`` x ~30 kB), and at most ``download.threads`` raw downloads, each let
+    go as soon as it is prepared (a thread waiting for a free pool process holds its own), never more,
+    whatever the corpus size. No unit is hot: a record's unit is a uniform hash of its cache key.
     """
 
     def __init__(self, cfg: RunConfig, cache_dir: str, progress_dir: str | None):

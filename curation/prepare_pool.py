@@ -130,19 +130,21 @@ class _Workers:
             self.all[self.all.index(dead)] = fresh
         return fresh
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("the prepare pool was shut down while the fetch stage still used it")
+
     def prepare(self, data: bytes):
         worker = self.idle.get()
         try:
-            if self.closed:
-                raise RuntimeError("the prepare pool was shut down while the fetch stage still used it")
+            self._check_open()
             if not worker.proc.is_alive():
                 worker = self._replace(worker)
             try:
                 worker.conn.send_bytes(data)
                 msg = worker.conn.recv_bytes()
             except (EOFError, OSError):
-                if self.closed:
-                    raise RuntimeError("the prepare pool was shut down while the fetch stage still used it") from None
+                self._check_open()       # a pipe closed by `shutdown`, not a worker that died
                 worker.proc.join(5)
                 code = worker.proc.exitcode
                 worker = self._replace(worker)

@@ -133,7 +133,6 @@ def _in_memory_runner(args: list[str]):
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
-
 def pipeline_options(args: list[str]):
     """The `PipelineOptions` for ``beam.Pipeline``: on the in-memory DirectRunner, one whose views are made
     once per options class.

@@ -215,7 +215,9 @@ def _bucket_member(item, sig: np.ndarray) -> tuple:
 def shard_verdicts(item, cfg: DedupConfig):
     """One band shard -> (caption key, (allowed uids, users)) for each text that a bucket of two or more
     texts restricts. A bucket holding one text says nothing its own verdict does not: only shared keys are
-    looked at, found by one sort of the shard's band keys."""
+    looked at, found by one sort of the shard's band keys. Memory: the shard's payloads (about
+    ``BAND_ENTRIES_PER_SHARD`` entries, whatever N) and the caption keys of each distinct set of texts that
+    shares a bucket in it (at most one set per entry)."""
     _shard, payloads = item
     texts: list = []
     rows, keys = [], []
